@@ -1,0 +1,265 @@
+"""The `dlm` command. Thin: parse, call the library, print."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import DLMError, InputError
+from .sampling import Streamer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="dlm: diffusion language models.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate models.")
+tok_app = typer.Typer(no_args_is_help=True, help="Tokenizers.")
+app.add_typer(eval_app, name="eval")
+app.add_typer(tok_app, name="tokenizer")
+
+MASK_GLYPH = "░"
+
+
+def _fail(e: Exception) -> None:
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(2)
+
+
+def _require_model(model: Optional[str]) -> str:
+    if not model:
+        raise InputError("--model", "no model given; pass --model PATH (a dlm checkpoint folder)")
+    return model
+
+
+def _load(model: Optional[str]):
+    from .hub import load
+
+    return load(_require_model(model))
+
+
+@app.command()
+def generate(
+    prompts: List[str] = typer.Argument(..., help="One or more prompts; several prompts run as one batch."),
+    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint folder."),
+    gen_length: Optional[int] = typer.Option(None, "--gen-length"),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    block_length: Optional[int] = typer.Option(None, "--block-length"),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    policy: Optional[str] = typer.Option(None, "--policy"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale"),
+    show_steps: bool = typer.Option(False, "--show-steps", help="Animate the denoising in the terminal."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line per prompt."),
+):
+    """Generate completions of PROMPTs."""
+    try:
+        lm = _load(model)
+        overrides = dict(gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature,
+                         policy=policy, seed=seed, cfg_scale=cfg_scale)
+        cfg = lm.make_config(None, **overrides)
+        streamer = _TerminalStreamer(lm, prompts, cfg) if show_steps else None
+        t0 = time.perf_counter()
+        if streamer is not None:
+            with streamer:
+                outs = lm.generate(prompts, cfg, streamer=streamer)
+        else:
+            outs = lm.generate(prompts, cfg)
+        seconds = time.perf_counter() - t0
+    except DLMError as e:
+        _fail(e)
+    for o in outs:
+        if as_json:
+            typer.echo(json.dumps({"prompt": o.prompt, "text": o.text, "tokens": len(o.tokens), "nfe": o.nfe,
+                                   "steps": o.steps, "seconds": round(seconds, 4)}))
+        else:
+            typer.echo(o.prompt + o.text)
+            if len(outs) > 1:
+                typer.echo("-" * 40)
+
+
+class _TerminalStreamer(Streamer):
+    """Shows each row's canvas, masks as ░, updating in place (rich Live)."""
+
+    def __init__(self, lm, prompts, cfg):
+        self.lm, self.prompts, self.cfg = lm, prompts, cfg
+        self.tok = lm.tokenizer
+        self.rows = []
+        for p in prompts:
+            ids = self.tok.encode(p)
+            self.rows.append({"prompt": len(ids), "canvas": ids + [None] * cfg.gen_length})
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.live import Live
+
+        self.live = Live(self._render(), console=Console(stderr=True), refresh_per_second=20, transient=True)
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.live.__exit__(*exc)
+
+    def _render(self):
+        from rich.console import Group
+        from rich.text import Text
+
+        parts = []
+        for r in self.rows:
+            text = Text()
+            text.append(self.tok.decode([t for t in r["canvas"][: r["prompt"]]]), style="bold")
+            for t in r["canvas"][r["prompt"] :]:
+                if t is None:
+                    text.append(MASK_GLYPH, style="dim")
+                else:
+                    text.append(self.tok.decode([t]), style="green")
+            parts.append(text)
+        return Group(*parts)
+
+    def on_step(self, ev):
+        for j, r in enumerate(ev.rows):
+            for p, t in zip(ev.positions[j], ev.tokens[j]):
+                if 0 <= p < len(self.rows[r]["canvas"]):
+                    self.rows[r]["canvas"][p] = t
+        self.live.update(self._render())
+        time.sleep(float(os.environ.get("DLM_SHOW_STEPS_DELAY", "0.03")))
+
+    def on_end(self):
+        pass
+
+
+@app.command()
+def infill(
+    prefix: str = typer.Option(..., "--prefix"),
+    suffix: str = typer.Option(..., "--suffix"),
+    length: int = typer.Option(..., "--length", help="Number of tokens to fill between prefix and suffix."),
+    model: Optional[str] = typer.Option(None, "--model"),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Fill LENGTH tokens between a prefix and a suffix."""
+    try:
+        if length < 1:
+            raise InputError("--length", f"got {length}; must be >= 1")
+        lm = _load(model)
+        o = lm.infill(prefix, suffix, length, steps=steps, temperature=temperature, seed=seed)
+    except DLMError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps({"prefix": prefix, "suffix": suffix, "text": o.text, "nfe": o.nfe,
+                               "seconds": round(o.seconds, 4)}))
+    else:
+        typer.echo(prefix + o.text + suffix)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML run config."),
+    set_: List[str] = typer.Option([], "--set", help="Override: section.key=value (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in out_dir."),
+):
+    """Train a model from a YAML config."""
+    from .training import Trainer, load_run_config
+
+    try:
+        cfg = load_run_config(config, set_)
+        trainer = Trainer(cfg)
+        if resume and not trainer.resume():
+            typer.echo(f"no checkpoint in {cfg.out_dir}/checkpoints; starting from scratch", err=True)
+        trainer.train()
+    except DLMError as e:
+        _fail(e)
+    last = trainer.history[-1] if trainer.history else {}
+    typer.echo(f"done: step {trainer.step}, tokens {trainer.tokens_seen}, "
+               f"eval_ppl {last.get('eval_ppl', float('nan')):.2f}; model in {Path(cfg.out_dir) / 'final'}")
+
+
+@eval_app.command("ppl")
+def eval_ppl(
+    model: Optional[str] = typer.Option(None, "--model"),
+    data: List[str] = typer.Option(..., "--data", help="Text/JSONL files, folders or globs."),
+    seq_len: int = typer.Option(256, "--seq-len"),
+    samples: int = typer.Option(8, "--samples", help="Monte-Carlo t samples per window (diffusion)."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    max_tokens: int = typer.Option(0, "--max-tokens", help="Score at most this many tokens (0 = all)."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Perplexity on held-out text (ELBO bound for diffusion models, exact for causal ones)."""
+    from .eval import pack_texts, perplexity
+    from .training.data import expand_sources, iter_documents
+
+    try:
+        lm = _load(model)
+        if seq_len > lm.model.config.max_seq_len:
+            raise InputError("--seq-len", f"{seq_len} exceeds the model's max_seq_len {lm.model.config.max_seq_len}")
+        texts = [d for _, d in iter_documents(expand_sources(data, "--data")) if isinstance(d, str)]
+        windows = pack_texts(texts, lm.tokenizer, seq_len, max_tokens)
+        res = perplexity(lm.model, windows, diffusion_config=lm.diffusion_config, samples=samples,
+                         batch_size=batch_size, seed=seed)
+    except DLMError as e:
+        _fail(e)
+    out = {"model": model, "ppl": res.ppl, "nll_per_token": res.nll_per_token, "tokens": res.tokens,
+           "windows": res.sequences, "kind": res.kind, "samples": res.samples}
+    typer.echo(json.dumps(out) if as_json else f"perplexity {res.ppl:.3f} ({res.kind}) over {res.tokens} tokens")
+
+
+@tok_app.command("train")
+def tokenizer_train(
+    files: List[str] = typer.Argument(..., help="Text files, folders or globs."),
+    vocab_size: int = typer.Option(..., "--vocab-size"),
+    out: Path = typer.Option(..., "--out"),
+):
+    """Train a byte-level BPE tokenizer with dlm's special tokens and chat template."""
+    from .tokenizer import train_tokenizer
+    from .training.data import expand_sources
+
+    try:
+        tok = train_tokenizer(expand_sources(files, "FILES"), vocab_size, out_dir=out)
+    except DLMError as e:
+        _fail(e)
+    typer.echo(f"saved {tok.vocab_size}-token tokenizer to {out}")
+
+
+@app.command()
+def info(path: str = typer.Argument(..., help="Checkpoint folder."), as_json: bool = typer.Option(False, "--json")):
+    """Show a checkpoint's config, parameter count, tokenizer and special ids."""
+    from .configs import to_dict
+    from .hub import load_model_config, load_state_dict
+
+    try:
+        cfg, raw = load_model_config(path)
+        state = load_state_dict(path)
+        n_params = sum(t.numel() for t in state.values())
+        tok_info = {}
+        if (Path(path) / "tokenizer.json").is_file():
+            from .tokenizer import DLMTokenizer
+
+            tok = DLMTokenizer.from_dir(path)
+            tok_info = {"vocab_size": tok.vocab_size, "special_ids": tok.special_ids}
+    except DLMError as e:
+        _fail(e)
+    out = {"path": str(path), "parameters": n_params, "dtype": raw.get("torch_dtype"), "config": to_dict(cfg),
+           "diffusion": raw.get("diffusion"), "tokenizer": tok_info}
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    typer.echo(f"{path}: {n_params / 1e6:.2f}M parameters ({raw.get('torch_dtype')}), attention {cfg.attention}")
+    for k, v in to_dict(cfg).items():
+        typer.echo(f"  {k}: {v}")
+    if raw.get("diffusion"):
+        typer.echo(f"  diffusion: {raw['diffusion']}")
+    if tok_info:
+        typer.echo(f"  tokenizer: {tok_info['vocab_size']} tokens; special ids {tok_info['special_ids']}")
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

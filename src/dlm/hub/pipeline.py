@@ -1,0 +1,103 @@
+"""A loaded model with its tokenizer and settings: the object the CLI, server and users work with."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..configs import from_dict
+from ..diffusion import DiffusionConfig
+from ..errors import CheckpointError, ConfigError
+from ..sampling import GenerationConfig, generate
+from .checkpoint import GENERATION_CONFIG_NAME, from_pretrained, load_model_config, save_pretrained
+
+
+@dataclass
+class Completion:
+    prompt: str
+    text: str
+    tokens: list[int]
+    nfe: int
+    steps: int
+    seconds: float
+
+
+class DiffusionLM:
+    """model + tokenizer + generation_config (+ the diffusion settings it was trained with)."""
+
+    def __init__(self, model, tokenizer, generation_config: GenerationConfig | None = None,
+                 diffusion_config: DiffusionConfig | None = None, path: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.generation_config = generation_config or GenerationConfig()
+        self.diffusion_config = diffusion_config or DiffusionConfig()
+        self.path = path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device="cpu", dtype=None) -> "DiffusionLM":
+        from ..tokenizer import DLMTokenizer
+
+        path = Path(path)
+        model = from_pretrained(path, device=device, dtype=dtype)
+        _, raw = load_model_config(path)
+        diff = DiffusionConfig(**raw["diffusion"]) if "diffusion" in raw else None
+        gen = None
+        if (path / GENERATION_CONFIG_NAME).is_file():
+            try:
+                gen = from_dict(GenerationConfig, json.loads((path / GENERATION_CONFIG_NAME).read_text()))
+            except (json.JSONDecodeError, ConfigError) as e:
+                raise CheckpointError(f"{path / GENERATION_CONFIG_NAME}: {e}") from None
+        tokenizer = DLMTokenizer.from_dir(path)
+        return cls(model, tokenizer, gen, diff, str(path))
+
+    def save_pretrained(self, out_dir, **kw):
+        return save_pretrained(self.model, out_dir, tokenizer=self.tokenizer, generation_config=self.generation_config,
+                               diffusion_config=self.diffusion_config, **kw)
+
+    def make_config(self, config: GenerationConfig | None = None, **overrides) -> GenerationConfig:
+        base = dataclasses.asdict(config or self.generation_config)
+        for k, v in overrides.items():
+            if k not in base:
+                raise ConfigError(k, f"unknown generation setting; allowed: {', '.join(sorted(base))}")
+            if v is not None:
+                base[k] = v
+        if overrides.get("gen_length") is not None and overrides.get("block_length") is None:
+            bl = base["block_length"]
+            if bl and base["gen_length"] % bl:
+                base["block_length"] = None
+        if overrides.get("gen_length") is not None and overrides.get("steps") is None:
+            base["steps"] = min(base["steps"], base["gen_length"])
+            nb = base["gen_length"] // (base["block_length"] or base["gen_length"])
+            base["steps"] = max(nb, base["steps"] - base["steps"] % nb)
+        return GenerationConfig(**base)
+
+    def generate(self, prompts: str | list[str], config: GenerationConfig | None = None, *, streamer=None,
+                 suffixes: list[str] | None = None, **overrides) -> list[Completion]:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        cfg = self.make_config(config, **overrides)
+        ids = [self.tokenizer.encode(p) for p in prompts]
+        sfx = [self.tokenizer.encode(s) for s in suffixes] if suffixes is not None else None
+        out = generate(self.model, ids, cfg, suffixes=sfx, streamer=streamer)
+        return [
+            Completion(p, self.tokenizer.decode(seq, skip_special_tokens=True), seq, out.nfe[i], out.steps[i],
+                       out.seconds)
+            for i, (p, seq) in enumerate(zip(prompts, out.sequences))
+        ]
+
+    def infill(self, prefix: str, suffix: str, length: int, **overrides) -> Completion:
+        overrides.setdefault("block_length", length)
+        overrides.setdefault("steps", length)
+        cfg = self.make_config(None, gen_length=length, trim_at_eos=False, stop_at_eos=False, **overrides)
+        return self.generate([prefix], cfg, suffixes=[suffix])[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load(path: str | Path, **kw) -> DiffusionLM:
+    return DiffusionLM.from_pretrained(path, **kw)

@@ -1,0 +1,192 @@
+"""One Transformer for every dlm model: RoPE, RMSNorm, SwiGLU, GQA; bidirectional, causal or block-causal.
+
+The network maps (input_ids | inputs_embeds, attention_mask, position_ids, cache) -> logits. It knows
+nothing of noise schedules or samplers, and `forward` has no data-dependent Python control flow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+from .cache import KVCache
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype):
+    """cos/sin of shape (B, L, dim) for integer positions (B, L); LLaMA's half-rotation layout."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
+    freqs = positions.to(torch.float32)[..., None] * inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, L, D); cos/sin: (B, L, D)."""
+    cos, sin = cos[:, None], sin[:, None]
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.kv_heads, cfg.dim_head
+        self.q_proj = nn.Linear(cfg.d_model, self.n_heads * self.hd, bias=cfg.attn_bias)
+        self.k_proj = nn.Linear(cfg.d_model, self.n_kv * self.hd, bias=cfg.attn_bias)
+        self.v_proj = nn.Linear(cfg.d_model, self.n_kv * self.hd, bias=cfg.attn_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.hd, cfg.d_model, bias=cfg.attn_out_bias)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None):
+        B, L, _ = x.shape
+        q = self.q_proj(x).view(B, L, self.n_heads, self.hd).transpose(1, 2)
+        k = self.k_proj(x).view(B, L, self.n_kv, self.hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, self.n_kv, self.hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        if self.n_kv != self.n_heads:
+            rep = self.n_heads // self.n_kv
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(B, L, self.n_heads * self.hd))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.ff_dim, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.ff_dim, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.ff_dim, cfg.d_model, bias=cfg.mlp_bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg, layer_idx)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def build_attention_mask(
+    cfg: ModelConfig, attention_mask: torch.Tensor | None, q_len: int, k_len: int, device
+) -> torch.Tensor | None:
+    """Boolean (B|1, 1, q_len, k_len) mask, True = may attend. Queries are the last q_len of k_len keys.
+
+    A 4-D boolean mask is passed through unchanged (callers with special structure, e.g. two-stream
+    block diffusion, build their own). A query may always attend to itself, so rows that are all padding
+    stay finite.
+    """
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return attention_mask.to(torch.bool)
+    offset = k_len - q_len
+    qi = torch.arange(q_len, device=device)[:, None] + offset
+    kj = torch.arange(k_len, device=device)[None, :]
+    if cfg.attention == "bidirectional":
+        structure = None
+    elif cfg.attention == "causal":
+        structure = kj <= qi
+    else:  # block_causal
+        structure = (kj // cfg.block_size) <= (qi // cfg.block_size)
+    if attention_mask is None:
+        return None if structure is None else structure[None, None]
+    keys = attention_mask.to(torch.bool)[:, None, None, :]  # (B,1,1,K)
+    mask = keys if structure is None else keys & structure[None, None]
+    return mask | (kj == qi)[None, None]
+
+
+class Transformer(nn.Module):
+    """Decoder-style stack; attention kind from the config. Weight names follow LLaMA's."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                if name.endswith("norm.weight"):
+                    nn.init.ones_(p)
+                else:
+                    nn.init.zeros_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, 0.0, out_std)
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        logits_index: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, L, V), or (B, A, V) at positions `logits_index` (B, A) when given.
+
+        attention_mask: (B, K) with 1 for real tokens over all K keys (cached + current), or a 4-D
+        boolean mask. position_ids: (B, L); default: from the mask (left padding keeps positions of a
+        prompt the same as alone), or 0..L-1 offset by the cache length.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise InputError("input_ids", "pass exactly one of input_ids or inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, L = x.shape[:2]
+        past = len(cache) if cache is not None else 0
+        if position_ids is None:
+            if attention_mask is not None and attention_mask.dim() == 2:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
+            else:
+                position_ids = torch.arange(past, past + L, device=x.device).expand(B, L)
+        cos, sin = rope_cos_sin(position_ids, self.config.dim_head, self.config.rope_theta, x.dtype)
+        mask = build_attention_mask(self.config, attention_mask, L, past + L, x.device)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache)
+        if logits_index is not None:
+            x = torch.gather(x, 1, logits_index[..., None].expand(-1, -1, x.shape[-1]))
+        x = self.norm(x)
+        if return_hidden:
+            return x
+        return self.lm_head(x)

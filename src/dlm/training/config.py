@@ -1,0 +1,101 @@
+"""The training run's configuration: one YAML file, `--set key=value` overrides, strict keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..configs import apply_overrides, from_dict
+from ..diffusion import DiffusionConfig
+from ..errors import ConfigError, InputError, check_choice, check_positive
+from ..model import ModelConfig
+from ..sampling import GenerationConfig
+from .data import DataConfig
+
+
+@dataclass
+class TokenizerConfig:
+    path: str | None = None  # a folder with tokenizer.json; None -> train one on the training sources
+    vocab_size: int = 4096
+    max_train_bytes: int = 50_000_000  # cap on text read to train the BPE
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 = off
+
+    def __post_init__(self):
+        check_positive("optim.lr", self.lr)
+        check_positive("optim.warmup_steps", self.warmup_steps, allow_zero=True)
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError("optim.min_lr_ratio", f"got {self.min_lr_ratio}; must be in [0, 1]")
+
+
+@dataclass
+class LoopConfig:
+    objective: str = "diffusion"  # diffusion | ar (the autoregressive twin: causal attention, next-token CE)
+    batch_size: int = 16  # sequences per micro-batch
+    grad_accum: int = 1
+    max_steps: int = 1000  # optimizer steps
+    dtype: str = "bf16"  # bf16 autocast | fp32
+    device: str = "auto"  # auto | cpu | cuda | mps
+    threads: int = 0  # torch.set_num_threads; 0 = torch's default
+    eval_every: int = 200  # 0 = only at the end
+    eval_batches: int = 8
+    eval_samples: int = 4  # Monte-Carlo t-samples per sequence for the ELBO
+    save_every: int = 500  # 0 = only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    compile: bool = False  # torch.compile the model
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        check_choice("train.objective", self.objective, ("diffusion", "ar"))
+        check_choice("train.dtype", self.dtype, ("bf16", "fp32"))
+        check_choice("train.device", self.device, ("auto", "cpu", "cuda", "mps"))
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_batches", "eval_samples", "log_every",
+                     "keep_checkpoints"):
+            check_positive(f"train.{name}", getattr(self, name))
+        for name in ("eval_every", "save_every", "threads"):
+            check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # saved with the final model
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError("config", f"{p}: no such file")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError("config", f"{p}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise InputError("config", f"{p}: must be a mapping of sections")
+    data = apply_overrides(data, list(overrides), RunConfig)
+    try:
+        return from_dict(RunConfig, data)
+    except TypeError as e:  # pragma: no cover - from_dict checks keys first
+        raise ConfigError("config", str(e)) from None

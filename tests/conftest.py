@@ -1,0 +1,31 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from dlm.model import ModelConfig, Transformer  # noqa: E402
+
+MASK, EOS, PAD, BOS = 3, 1, 2, 0
+
+
+def tiny_config(**kw) -> ModelConfig:
+    base = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128,
+                mask_token_id=MASK, eos_token_id=EOS, pad_token_id=PAD, bos_token_id=BOS)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return Transformer(tiny_config()).eval()
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+    yield

@@ -1,0 +1,157 @@
+import math
+
+import pytest
+import torch
+
+from dlm.diffusion import DiffusionConfig, MaskedDiffusion, get_schedule
+from dlm.errors import ConfigError, InputError
+
+from ..conftest import MASK
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' returning given logits, and recording what it was fed."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+        self.seen = []
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, attention_mask=None, **kw):
+        self.seen.append(x.clone())
+        return self.logits[: x.shape[0], : x.shape[1]]
+
+
+def _log_softmax_row(row, mask_id):
+    vals = [v for i, v in enumerate(row) if i != mask_id]
+    m = max(vals)
+    lse = m + math.log(sum(math.exp(v - m) for v in vals))
+    return [v - lse for v in row]
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "loglinear"])
+def test_loss_equals_hand_computed_value(schedule):
+    torch.manual_seed(0)
+    V, eps = 6, 1e-3
+    logits = torch.randn(2, 3, V)
+    x0 = torch.tensor([[1, 2, 4], [5, 0, 1]])
+    masked = torch.tensor([[True, False, True], [False, False, True]])
+    t = torch.tensor([0.3, 0.8])
+    diff = MaskedDiffusion(DiffusionConfig(schedule=schedule), mask_token_id=MASK)
+    got = float(diff.weighted_loss(logits, x0, masked, t, num_tokens=6))
+
+    def w(tt):
+        if schedule == "linear":
+            return 1.0 / tt
+        if schedule == "cosine":
+            return (math.pi / 2) * math.tan(math.pi / 2 * (1 - tt))
+        return (1 - eps) / ((1 - eps) * tt)
+
+    expected = 0.0
+    for b in range(2):
+        for i in range(3):
+            if masked[b, i]:
+                lp = _log_softmax_row(logits[b, i].tolist(), MASK)
+                expected += -lp[int(x0[b, i])] * w(float(t[b]))
+    assert got == pytest.approx(expected / 6, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "loglinear"])
+def test_schedule_weight_is_minus_alpha_prime_over_one_minus_alpha(name):
+    s = get_schedule(name)
+    t = torch.linspace(0.01, 0.99, 50, dtype=torch.float64, requires_grad=True)
+    a = s.alpha(t)
+    (grad,) = torch.autograd.grad(a.sum(), t)
+    assert torch.allclose(s.weight(t.detach()), -grad / (1 - a.detach()), rtol=1e-6)
+    assert s.alpha(torch.tensor(0.0)) == pytest.approx(1.0, abs=1e-6)
+    assert float(s.alpha(torch.tensor(1.0))) < 1e-2
+
+
+def test_antithetic_times_are_evenly_spread_and_clipped():
+    diff = MaskedDiffusion(DiffusionConfig(eps=0.01), mask_token_id=MASK)
+    t = diff.sample_t(8, torch.Generator().manual_seed(0))
+    assert t.min() >= 0.01 and t.max() <= 1.0
+    u = ((t - 0.01) / 0.99).sort().values
+    gaps = u[1:] - u[:-1]
+    assert torch.allclose(gaps, torch.full_like(gaps, 1 / 8), atol=1e-5)
+
+
+def test_masking_rate_follows_the_schedule_and_respects_maskable():
+    diff = MaskedDiffusion(DiffusionConfig(), mask_token_id=MASK)
+    x0 = torch.randint(4, 60, (4, 20000))
+    t = torch.tensor([0.1, 0.5, 0.9, 0.3])
+    maskable = torch.ones_like(x0, dtype=torch.bool)
+    maskable[:, :100] = False
+    xt, masked = diff.add_noise(x0, t, torch.Generator().manual_seed(1), maskable)
+    rates = masked[:, 100:].float().mean(1)
+    assert torch.allclose(rates, t, atol=0.02)
+    assert not masked[:, :100].any()
+    assert (xt[masked] == MASK).all() and torch.equal(xt[~masked], x0[~masked])
+
+
+def test_sft_loss_never_masks_the_prompt_and_normalises_per_answer():
+    V = 8
+    logits = torch.zeros(2, 6, V)  # uniform over the V-1 non-mask tokens
+    model = FixedLogits(logits)
+    diff = MaskedDiffusion(DiffusionConfig(schedule="linear"), mask_token_id=MASK)
+    ids = torch.tensor([[4, 5, 6, 7, 1, 1], [4, 5, 6, 7, 5, 1]])
+    prompt_lengths = torch.tensor([2, 4])
+    out = diff.sft_loss(model, ids, prompt_lengths, generator=torch.Generator().manual_seed(0))
+    seen = model.seen[0]
+    assert (seen[0, :2] == ids[0, :2]).all() and (seen[1, :4] == ids[1, :4]).all()
+    # hand value: each masked answer token costs log(V-1) * 1/t, divided by the answer length, mean over rows
+    g = torch.Generator().manual_seed(0)
+    t = diff.sample_t(2, g)
+    masked = seen == MASK
+    expected = sum(float(masked[b].sum()) * math.log(V - 1) / float(t[b]) / (6 - int(prompt_lengths[b]))
+                   for b in range(2)) / 2
+    assert float(out.loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_random_length_truncation_shortens_the_batch():
+    model = FixedLogits(torch.zeros(2, 32, 8))
+    diff = MaskedDiffusion(DiffusionConfig(random_length_prob=1.0), mask_token_id=MASK)
+    diff.loss(model, torch.randint(4, 8, (2, 32)), generator=torch.Generator().manual_seed(3))
+    assert model.seen[0].shape[1] < 32
+    diff0 = MaskedDiffusion(DiffusionConfig(random_length_prob=0.0), mask_token_id=MASK)
+    diff0.loss(model, torch.randint(4, 8, (2, 32)), generator=torch.Generator().manual_seed(3))
+    assert model.seen[1].shape[1] == 32
+
+
+def test_elbo_of_a_uniform_model_is_length_times_log_vocab():
+    V, L = 10, 64
+    model = FixedLogits(torch.zeros(64, L, V))
+    diff = MaskedDiffusion(DiffusionConfig(), mask_token_id=MASK)
+    nll = diff.elbo_nll(model, torch.randint(4, V, (64, L)), num_samples=16, generator=torch.Generator().manual_seed(0))
+    expected = L * math.log(V - 1) * (1 - 1e-3)
+    assert float(nll.mean()) == pytest.approx(expected, rel=0.03)
+
+
+def test_log_likelihood_is_exact_for_uniform_model_and_seeded():
+    V = 10
+    model = FixedLogits(torch.zeros(16, 12, V))
+    diff = MaskedDiffusion(DiffusionConfig(), mask_token_id=MASK)
+    ll = diff.log_likelihood(model, [4, 5, 6], [7, 8, 9, 4], mc_samples=16, batch_size=8,
+                             generator=torch.Generator().manual_seed(0))
+    assert ll == pytest.approx(-4 * math.log(V - 1), rel=1e-6)
+    with pytest.raises(InputError, match="answer_ids"):
+        diff.log_likelihood(model, [4], [], mc_samples=4)
+
+
+def test_log_likelihood_prefers_the_answer_a_trained_model_predicts():
+    V = 10
+    logits = torch.zeros(8, 5, V)
+    logits[:, :, 7] = 5.0  # the model believes every token is 7
+    model = FixedLogits(logits)
+    diff = MaskedDiffusion(DiffusionConfig(), mask_token_id=MASK)
+    good = diff.log_likelihood(model, [4, 5], [7, 7, 7], mc_samples=8, generator=torch.Generator().manual_seed(0))
+    bad = diff.log_likelihood(model, [4, 5], [8, 8, 8], mc_samples=8, generator=torch.Generator().manual_seed(0))
+    assert good > bad
+
+
+@pytest.mark.parametrize("kw,field", [({"schedule": "quadratic"}, "schedule"), ({"eps": 0.0}, "eps"),
+                                      ({"random_length_prob": 2.0}, "random_length_prob")])
+def test_bad_diffusion_config_names_the_field(kw, field):
+    with pytest.raises(ConfigError, match=field):
+        DiffusionConfig(**kw)
