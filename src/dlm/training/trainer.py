@@ -226,7 +226,7 @@ class Trainer:
                     with self.autocast():
                         loss = self.compute_loss(batch) / tc.grad_accum
                     loss.backward()
-                    loss_sum += float(loss)
+                    loss_sum += float(loss.detach())
                     self.tokens_seen += batch["input_ids"].numel()
                 grad_norm = None
                 if self.cfg.optim.grad_clip > 0:

@@ -1,0 +1,128 @@
+"""Real pipelines on real text: the Python standard library of the running interpreter."""
+
+import math
+import sysconfig
+from pathlib import Path
+
+import pytest
+import yaml
+
+import dlm.training.checkpointing as checkpointing
+from dlm.errors import ConfigError
+from dlm.training import Trainer, load_run_config
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+def write_config(tmp_path, **sections):
+    cfg = {
+        "out_dir": str(tmp_path / "run"),
+        "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 128},
+        "data": {"train": ["{stdlib}/json/*.py"], "valid_fraction": 0.2, "seq_len": 64},
+        "tokenizer": {"vocab_size": 512},
+        "optim": {"lr": 3e-3, "warmup_steps": 5},
+        "train": {"batch_size": 8, "max_steps": 8, "dtype": "fp32", "eval_every": 0, "eval_batches": 2,
+                  "save_every": 4, "log_every": 2, "progress": False},
+        "generation": {"gen_length": 16, "steps": 16, "block_length": 8},
+    }
+    for k, v in sections.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_training_on_real_text_lowers_heldout_elbo_perplexity(tmp_path):
+    sources = ["{stdlib}/json/*.py", "{stdlib}/email/*.py", "{stdlib}/http/*.py"]
+    size = sum(p.stat().st_size for s in ("json", "email", "http") for p in (STDLIB / s).glob("*.py"))
+    assert 200_000 < size < 2_000_000  # "a few hundred KB of real text"
+    path = write_config(
+        tmp_path,
+        model={"d_model": 96, "n_layers": 3, "n_heads": 4},
+        data={"train": sources, "valid_fraction": 0.1, "seq_len": 128},
+        tokenizer={"vocab_size": 1024},
+        train={"batch_size": 16, "max_steps": 150, "dtype": "bf16", "save_every": 0, "eval_batches": 4,
+               "eval_samples": 4},
+    )
+    trainer = Trainer(load_run_config(path), log=lambda *a: None)
+    before = trainer.evaluate()["eval_ppl"]
+    trainer.train()
+    after = trainer.history[-1]["eval_ppl"]
+    assert before > 500  # ~ vocabulary size: an untrained model is near uniform
+    assert after < 0.4 * before, (before, after)
+    assert (Path(trainer.cfg.out_dir) / "final" / "model.safetensors").is_file()
+    assert math.isfinite(after)
+
+
+def test_stopped_and_resumed_run_continues_exactly(tmp_path):
+    path = write_config(tmp_path)
+    full = Trainer(load_run_config(path, [f"out_dir={tmp_path / 'full'}"]), log=lambda *a: None)
+    full.train()
+    part = Trainer(load_run_config(path, [f"out_dir={tmp_path / 'part'}"]), log=lambda *a: None)
+    part.train(max_steps=4)  # "killed" after the step-4 checkpoint
+    assert checkpointing.latest_checkpoint(tmp_path / "part" / "checkpoints").name == "step_00000004"
+    resumed = Trainer(load_run_config(path, [f"out_dir={tmp_path / 'part'}"]), log=lambda *a: None)
+    assert resumed.resume()
+    resumed.train()
+    a = [(r["step"], r["loss"], r.get("grad_norm")) for r in full.history[4:]]
+    b = [(r["step"], r["loss"], r.get("grad_norm")) for r in resumed.history]
+    assert a == b
+    assert full.history[-1]["eval_loss"] == resumed.history[-1]["eval_loss"]
+    assert resumed.batches.state_dict() == full.batches.state_dict()
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = write_config(tmp_path)
+    trainer = Trainer(load_run_config(path), log=lambda *a: None)
+    trainer.train(max_steps=4)
+    real = checkpointing.save_file
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # die in the middle of writing the step-8 checkpoint
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(checkpointing, "save_file", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    monkeypatch.setattr(checkpointing, "save_file", real)
+    ckpts = checkpointing.list_checkpoints(Path(trainer.cfg.out_dir) / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_00000004"]
+    again = Trainer(load_run_config(path), log=lambda *a: None)
+    assert again.resume() and again.step == 4
+
+
+def test_unknown_config_keys_are_named(tmp_path):
+    path = write_config(tmp_path)
+    with pytest.raises(ConfigError, match="train.learning_rate"):
+        load_run_config(path, ["train.learning_rate=1"])
+    with pytest.raises(ConfigError, match="modle"):
+        load_run_config(path, ["modle.d_model=8"])
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_run_config(path, ["train.batch_size=0"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  d_modl: 3\n")
+    with pytest.raises(ConfigError, match="model.d_modl"):
+        load_run_config(bad)
+
+
+def test_sft_run_trains_on_chat_jsonl(tmp_path):
+    import json
+
+    rows = [{"messages": [{"role": "user", "content": f"add {i} and {i + 1}"},
+                          {"role": "assistant", "content": f"{2 * i + 1}"}]} for i in range(200)]
+    (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    tok_path = write_config(tmp_path)  # reuse a tokenizer trained on text
+    t0 = Trainer(load_run_config(tok_path, ["train.max_steps=1", "train.save_every=0"]), log=lambda *a: None)
+    path = write_config(tmp_path, out_dir=str(tmp_path / "sft"),
+                        data={"train": [str(tmp_path / "chat.jsonl")], "task": "sft", "seq_len": 32},
+                        tokenizer={"path": str(Path(t0.cfg.out_dir) / "tokenizer")},
+                        train={"max_steps": 30, "save_every": 0, "eval_every": 0})
+    trainer = Trainer(load_run_config(path), log=lambda *a: None)
+    batch = next(iter([trainer.train_data.batch([0, 1])]))
+    assert "prompt_lengths" in batch
+    trainer.train()
+    losses = [r["loss"] for r in trainer.history]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
