@@ -71,8 +71,9 @@ def train_tokenizer(
     for p in paths:
         if not p.is_file():
             raise InputError("files", f"{p} does not exist or is not a file")
-        if p.stat().st_size == 0:
-            raise InputError("files", f"{p} is empty; every training file must hold some text")
+    paths = [p for p in paths if p.stat().st_size > 0]  # empty files (e.g. __init__.py) add nothing
+    if not paths:
+        raise InputError("files", "every training file is empty; pass at least one non-empty text file")
 
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -222,17 +223,27 @@ class DLMTokenizer:
         return self._tok.id_to_token(int(i))
 
     # ---- encode / decode ----------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; no BOS/EOS is added."""
+    def _backend_for(self, parse_special: bool):
+        if parse_special:
+            return self._tok
+        if getattr(self, "_plain", None) is None:  # a copy that reads "<|mask|>" etc. as plain text
+            self._plain = tokenizers.Tokenizer.from_str(self._tok.to_str())
+            self._plain.encode_special_tokens = True
+        return self._plain
+
+    def encode(self, text: str, parse_special: bool = True) -> list[int]:
+        """Token ids of `text`; no BOS/EOS is added. With parse_special (prompts), "<|mask|>" in the text
+        becomes the mask token (filled in place by the sampler); without it (training data, scored
+        text) special-token strings are ordinary text."""
         if not isinstance(text, str):
             raise InputError("text", f"expected a str, got {type(text).__name__}")
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self._backend_for(parse_special).encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    def encode_batch(self, texts: list[str], parse_special: bool = True) -> list[list[int]]:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InputError(f"texts[{i}]", f"expected a str, got {type(t).__name__}")
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        return [e.ids for e in self._backend_for(parse_special).encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         if hasattr(ids, "tolist"):
@@ -298,7 +309,7 @@ class DLMTokenizer:
                 f"got {messages[last]['role']!r}; the last message of an SFT example must be 'assistant'",
             )
         prompt = self.apply_chat_template(messages[:last], add_generation_prompt=True, tokenize=True)
-        answer = self.encode(messages[last]["content"]) + [self.eos_token_id]
+        answer = self.encode(messages[last]["content"], parse_special=False) + [self.eos_token_id]
         return prompt, answer
 
     def __repr__(self) -> str:

@@ -91,7 +91,7 @@ class MaskedDiffusion:
     def add_noise(self, x0, t, generator=None, maskable: torch.Tensor | None = None):
         """Mask each maskable token with probability 1 - alpha(t). Returns (x_t, masked)."""
         p = self.schedule.mask_prob(t)[:, None]
-        masked = _rand(x0.shape, generator, x0.device) < p
+        masked = (_rand(x0.shape, generator, x0.device) < p) & (x0 != self.mask_token_id)
         if maskable is not None:
             masked &= maskable
         xt = torch.where(masked, torch.full_like(x0, self.mask_token_id), x0)

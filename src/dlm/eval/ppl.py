@@ -25,7 +25,7 @@ class PerplexityResult:
 def pack_texts(texts: list[str], tokenizer, seq_len: int, max_tokens: int = 0) -> torch.Tensor:
     ids: list[int] = []
     for t in texts:
-        ids.extend(tokenizer.encode(t))
+        ids.extend(tokenizer.encode(t, parse_special=False))
         ids.append(tokenizer.eos_token_id)
         if max_tokens and len(ids) >= max_tokens:
             break

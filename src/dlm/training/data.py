@@ -401,8 +401,11 @@ def _tokenize_docs(cfg: DataConfig, tokenizer, docs: list[Doc]) -> list[tuple[st
     """(doc_id, ids, prompt_length) per kept document. Pretrain: ids + [eos], prompt length 0."""
     eos = tokenizer.eos_token_id
     if cfg.task == "pretrain":
-        texts = [d if isinstance(d, str) else tokenizer.apply_chat_template(d, tokenize=False) for _, d in docs]
-        return [(doc_id, ids + [eos], 0) for (doc_id, _), ids in zip(docs, tokenizer.encode_batch(texts))]
+        plain = [d for _, d in docs if isinstance(d, str)]  # special-token strings in text stay text
+        chats = [tokenizer.apply_chat_template(d, tokenize=False) for _, d in docs if not isinstance(d, str)]
+        plain_ids = iter(tokenizer.encode_batch(plain, parse_special=False))
+        chat_ids = iter(tokenizer.encode_batch(chats))
+        return [(doc_id, next(plain_ids if isinstance(d, str) else chat_ids) + [eos], 0) for doc_id, d in docs]
     out = []
     for doc_id, d in docs:
         if isinstance(d, str):
