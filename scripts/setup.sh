@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv and install dlm with every optional dependency the tests use. Offline-safe after install:
+# nothing downloads at run time. On these CPU machines torch comes from the CPU wheel on disk
+# (`pip install torch==2.13.0`); on a GPU machine install your CUDA torch into .venv first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+if ! python -c "import torch" 2>/dev/null; then
+  python -m pip install -q "torch==2.13.0" || python -m pip install -q "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu
+fi
+python -m pip install -q -e ".[dev,data,eval]"
+python -c "import torch, dlm; print(f'dlm {dlm.__version__} with torch {torch.__version__} ready in .venv')"
