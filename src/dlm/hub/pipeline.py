@@ -13,6 +13,7 @@ from ..configs import from_dict
 from ..diffusion import DiffusionConfig
 from ..errors import CheckpointError, ConfigError
 from ..sampling import GenerationConfig, generate
+from ..sampling.autoregressive import generate_autoregressive
 from .checkpoint import GENERATION_CONFIG_NAME, from_pretrained, load_model_config, save_pretrained
 
 
@@ -81,7 +82,10 @@ class DiffusionLM:
         cfg = self.make_config(config, **overrides)
         ids = [self.tokenizer.encode(p) for p in prompts]
         sfx = [self.tokenizer.encode(s) for s in suffixes] if suffixes is not None else None
-        out = generate(self.model, ids, cfg, suffixes=sfx, streamer=streamer)
+        if self.is_causal:  # the AR twin: left-to-right with a KV cache; a suffix cannot be used
+            out = generate_autoregressive(self.model, ids, cfg, streamer=streamer)
+        else:
+            out = generate(self.model, ids, cfg, suffixes=sfx, streamer=streamer)
         return [
             Completion(p, self.tokenizer.decode(seq, skip_special_tokens=True), seq, out.nfe[i], out.steps[i],
                        out.seconds)
@@ -93,6 +97,10 @@ class DiffusionLM:
         overrides.setdefault("steps", length)
         cfg = self.make_config(None, gen_length=length, trim_at_eos=False, stop_at_eos=False, **overrides)
         return self.generate([prefix], cfg, suffixes=[suffix])[0]
+
+    @property
+    def is_causal(self) -> bool:
+        return self.model.config.attention == "causal"
 
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,102 @@
+"""Left-to-right decoding with a KV cache, for causal models (the AR twin every claim is measured against).
+
+Same GenerationConfig, output type, per-row generators and streamer events as the diffusion sampler;
+`gen_length` is the number of new tokens and `steps` is ignored (one token per forward).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import torch
+
+from ..errors import InputError
+from ..model import KVCache
+from .config import GenerationConfig
+from .generate import GenerationOutput, _model_attr, _row_generators
+from .processors import top_k_top_p_filter
+from .streamer import CallbackStreamer, StepEvent, Streamer
+
+
+@torch.no_grad()
+def generate_autoregressive(
+    model,
+    prompts: Sequence[Sequence[int]],
+    config: GenerationConfig | None = None,
+    *,
+    eos_token_id: int | None = None,
+    streamer: Streamer | Callable[[StepEvent], None] | None = None,
+    logits_processors: Sequence[Callable] = (),
+    max_length: int | None = None,
+) -> GenerationOutput:
+    config = config or GenerationConfig()
+    eos_id = eos_token_id if eos_token_id is not None else _model_attr(model, "eos_token_id")
+    max_length = max_length or _model_attr(model, "max_seq_len")
+    if streamer is not None and not isinstance(streamer, Streamer):
+        streamer = CallbackStreamer(streamer)
+    prompts = [[int(t) for t in p] for p in prompts]
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise InputError("prompts", "autoregressive decoding needs at least one non-empty prompt")
+    for i, p in enumerate(prompts):
+        if max_length and len(p) + config.gen_length > max_length:
+            raise InputError(f"prompts[{i}]", f"prompt ({len(p)}) + gen_length ({config.gen_length}) exceeds the "
+                                              f"model's max_seq_len {max_length}")
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    B, P = len(prompts), max(len(p) for p in prompts)
+    pad_id = _model_attr(model, "pad_token_id") or 0
+    ids = torch.full((B, P), pad_id, dtype=torch.long, device=device)
+    attn = torch.zeros((B, P), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.tensor(p, device=device)
+        attn[i, P - len(p):] = 1
+    gens = _row_generators(B, config.seed, device)
+    cache = KVCache()
+    logits = model(ids, attention_mask=attn, cache=cache, logits_index=torch.full((B, 1), P - 1, device=device))
+    out = [[] for _ in range(B)]
+    done = [False] * B
+    nfe = [1] * B
+    for step in range(config.gen_length):
+        logits = logits[:, -1].float()
+        for proc in logits_processors:
+            logits = proc(ids, logits[:, None], None)[:, 0]
+        if config.temperature > 0:
+            filtered = top_k_top_p_filter(logits, config.top_k, config.top_p)
+            u = torch.stack([torch.rand(logits.shape[-1], generator=g, device=g.device) for g in gens]).to(device)
+            gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+            nxt = torch.argmax(filtered / config.temperature + gumbel, dim=-1)
+        else:
+            nxt = torch.argmax(logits, dim=-1)
+        rows, positions, tokens, finished = [], [], [], []
+        for r in range(B):
+            if done[r]:
+                continue
+            t = int(nxt[r])
+            out[r].append(t)
+            rows.append(r)
+            positions.append([len(prompts[r]) + len(out[r]) - 1])
+            tokens.append([t])
+            if eos_id is not None and t == eos_id and config.stop_at_eos:
+                done[r] = True
+                finished.append(r)
+        if streamer is not None:
+            streamer.on_step(StepEvent(step, 0, rows, positions, tokens, [], finished))
+        if all(done) or step == config.gen_length - 1:
+            break
+        ids = nxt[:, None]
+        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
+        logits = model(ids, attention_mask=attn, cache=cache)
+        for r in range(B):
+            nfe[r] += 0 if done[r] else 1
+    if streamer is not None:
+        streamer.on_end()
+    sequences = []
+    for r in range(B):
+        seq = out[r]
+        if config.trim_at_eos and eos_id is not None and eos_id in seq:
+            seq = seq[: seq.index(eos_id)]
+        sequences.append(seq)
+    canvases = [p + o for p, o in zip(prompts, out)]
+    return GenerationOutput(sequences, canvases, nfe, [len(o) for o in out], time.perf_counter() - t0,
+                            [d for d in done])
