@@ -52,18 +52,20 @@ def align_logits(logits: torch.Tensor, shift: bool) -> torch.Tensor:
     return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
+def _ce_rows(logits_m: torch.Tensor, targets_m: torch.Tensor, mask_token_id: int) -> torch.Tensor:
+    """Cross-entropy (float32) of (M, V) logits, the mask token excluded from the vocabulary (SUBS)."""
+    logits_m = logits_m.float()
+    never = torch.zeros(logits_m.shape[-1], dtype=torch.bool, device=logits_m.device)
+    never[mask_token_id] = True
+    return F.cross_entropy(logits_m.masked_fill(never, float("-inf")), targets_m, reduction="none")
+
+
 def masked_cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor, mask_token_id: int
 ) -> torch.Tensor:
     """Per-position cross-entropy (float32) at masked positions, 0 elsewhere. Shapes (B, L, V), (B, L)."""
-    logits = logits.float()
-    logits = logits.masked_fill(
-        F.one_hot(torch.tensor(mask_token_id, device=logits.device), logits.shape[-1]).bool(), float("-inf")
-    )
     ce = torch.zeros(targets.shape, dtype=torch.float32, device=logits.device)
-    if masked.any():
-        ce[masked] = F.cross_entropy(logits[masked], targets[masked], reduction="none")
-    return ce
+    return ce.masked_scatter(masked, _ce_rows(logits[masked], targets[masked], mask_token_id))
 
 
 class MaskedDiffusion:
@@ -101,9 +103,20 @@ class MaskedDiffusion:
         logits = model(xt, attention_mask=attention_mask)
         return align_logits(logits, self.shift_logits)
 
+    def masked_ce(self, model, xt, x0, masked, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ce, row) for every masked position, in row-major order. dlm Transformers apply the LM head to
+        the masked positions only (`return_hidden` + `head`); any other model gives full logits."""
+        rows = masked.nonzero()[:, 0]
+        if hasattr(model, "head"):
+            h = align_logits(model(xt, attention_mask=attention_mask, return_hidden=True), self.shift_logits)
+            logits_m = model.head(h[masked])
+        else:
+            logits_m = self._logits(model, xt, attention_mask)[masked]
+        return _ce_rows(logits_m, x0[masked], self.mask_token_id), rows
+
     # ---- losses -----------------------------------------------------------------------------
     def weighted_loss(self, logits, x0, masked, t, num_tokens: int) -> torch.Tensor:
-        """sum over masked positions of w(t_b) * CE, divided by num_tokens."""
+        """sum over masked positions of w(t_b) * CE, divided by num_tokens (full logits given)."""
         ce = masked_cross_entropy(logits, x0, masked, self.mask_token_id)
         w = self.schedule.weight(t.float())[:, None]
         return (ce * w).sum() / max(num_tokens, 1)
@@ -119,8 +132,10 @@ class MaskedDiffusion:
         maskable = attention_mask.bool() if attention_mask is not None else None
         xt, masked = self.add_noise(input_ids, t, generator, maskable)
         num_tokens = int(maskable.sum()) if maskable is not None else input_ids.numel()
-        logits = self._logits(model, xt, attention_mask)
-        return LossOutput(self.weighted_loss(logits, input_ids, masked, t, num_tokens), num_tokens, int(masked.sum()))
+        ce, rows = self.masked_ce(model, xt, input_ids, masked, attention_mask)
+        w = self.schedule.weight(t.float())
+        loss = (ce * w[rows]).sum() / max(num_tokens, 1)
+        return LossOutput(loss, num_tokens, int(rows.numel()))
 
     def sft_loss(self, model, input_ids, prompt_lengths, attention_mask=None, generator=None) -> LossOutput:
         """SFT: prompt never masked; answer (with its EOS padding) masked; normalised per answer length."""
@@ -131,12 +146,11 @@ class MaskedDiffusion:
             answer &= attention_mask.bool()
         t = self.sample_t(B, generator, input_ids.device)
         xt, masked = self.add_noise(input_ids, t, generator, answer)
-        logits = self._logits(model, xt, attention_mask)
-        ce = masked_cross_entropy(logits, input_ids, masked, self.mask_token_id)
-        w = self.schedule.weight(t.float())[:, None]
-        answer_len = answer.sum(1, keepdim=True).clamp(min=1).float()
-        loss = (ce * w / answer_len).sum() / B
-        return LossOutput(loss, int(answer.sum()), int(masked.sum()))
+        ce, rows = self.masked_ce(model, xt, input_ids, masked, attention_mask)
+        answer_len = answer.sum(1).clamp(min=1).float()
+        w = self.schedule.weight(t.float()) / answer_len
+        loss = (ce * w[rows]).sum() / B
+        return LossOutput(loss, int(answer.sum()), int(rows.numel()))
 
     # ---- likelihood -------------------------------------------------------------------------
     @torch.no_grad()
@@ -153,9 +167,8 @@ class MaskedDiffusion:
             u = (offset + k / num_samples) % 1.0
             t = (eps + (1.0 - eps) * u).expand(B)
             xt, masked = self.add_noise(input_ids, t, generator, maskable)
-            logits = self._logits(model, xt, attention_mask)
-            ce = masked_cross_entropy(logits, input_ids, masked, self.mask_token_id)
-            total += (ce * self.schedule.weight(t.float())[:, None]).sum(1).double()
+            ce, rows = self.masked_ce(model, xt, input_ids, masked, attention_mask)
+            total.index_add_(0, rows, (ce * self.schedule.weight(t.float())[rows]).double())
         return total * (1.0 - eps) / num_samples
 
     @torch.no_grad()
@@ -184,9 +197,8 @@ class MaskedDiffusion:
             masked = torch.zeros_like(x0, dtype=torch.bool)
             masked[:, P:] = ranks < l[:, None]
             xt = torch.where(masked, torch.full_like(x0, self.mask_token_id), x0)
-            logits = self._logits(model, xt, None)
-            ce = masked_cross_entropy(logits, x0, masked, self.mask_token_id).sum(1)
-            total += float((ce * A / l.float()).sum())
+            ce, rows = self.masked_ce(model, xt, x0, masked)
+            total += float((ce * A / l.float()[rows]).sum())
             done += n
         return -total / mc_samples
 

@@ -24,10 +24,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype):
@@ -190,3 +187,7 @@ class Transformer(nn.Module):
         if return_hidden:
             return x
         return self.lm_head(x)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head on final (normed) hidden states of any shape (..., d) -> (..., V)."""
+        return self.lm_head(hidden)
