@@ -138,6 +138,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Held-out perplexity: ELBO bound (diffusion) or exact (ar); fixed seed, so comparable across steps."""
+        if len(self.valid_data) == 0:  # no held-out split (valid_fraction 0 and no valid sources)
+            return {}
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(1234)
         nll, tokens = 0.0, 0
