@@ -73,9 +73,9 @@ def generate(
     for o in outs:
         if as_json:
             typer.echo(json.dumps({"prompt": o.prompt, "text": o.text, "tokens": len(o.tokens), "nfe": o.nfe,
-                                   "steps": o.steps, "seconds": round(seconds, 4)}))
+                                   "steps": o.steps, "seconds": round(seconds, 4), "filled": o.filled}))
         else:
-            typer.echo(o.prompt + o.text)
+            typer.echo(o.filled if "<|mask|>" in o.prompt else o.prompt + o.text)
             if len(outs) > 1:
                 typer.echo("-" * 40)
 

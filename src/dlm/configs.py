@@ -98,7 +98,12 @@ def from_dict(cls: type[T], data: dict, *, prefix: str = "") -> T:
             f"unknown key; allowed keys of {cls.__name__}: {', '.join(sorted(types_))}",
         )
     kwargs = {k: _coerce(prefix + k, types_[k], v) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # validation inside the dataclass: name the field with its section
+        if prefix and not e.field.startswith(prefix):
+            raise ConfigError(prefix + e.field, e.message) from None
+        raise
 
 
 def to_dict(obj) -> dict:

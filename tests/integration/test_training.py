@@ -126,3 +126,22 @@ def test_sft_run_trains_on_chat_jsonl(tmp_path):
     trainer.train()
     losses = [r["loss"] for r in trainer.history]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+def test_resume_with_a_different_model_is_refused_clearly(tmp_path):
+    from dlm.errors import CheckpointError
+
+    path = write_config(tmp_path)
+    Trainer(load_run_config(path), log=lambda *a: None).train(max_steps=4)
+    changed = Trainer(load_run_config(path, ["model.d_model=32"]), log=lambda *a: None)
+    with pytest.raises(CheckpointError, match="model.d_model"):
+        changed.resume()
+    logged = []
+    ok = Trainer(load_run_config(path, ["train.max_steps=10"]), log=logged.append)
+    assert ok.resume() and any("train.max_steps" in m for m in logged)
+
+
+def test_generation_section_errors_name_the_section(tmp_path):
+    path = write_config(tmp_path)
+    with pytest.raises(ConfigError, match="generation.block_length"):
+        load_run_config(path, ["generation.block_length=5"])

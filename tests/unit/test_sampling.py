@@ -183,3 +183,24 @@ def test_prompt_beyond_max_length_is_a_clear_error(model):
         generate(model, [[5], [6] * 125], GenerationConfig(gen_length=8, steps=8))
     with pytest.raises(InputError, match="prompts"):
         generate(model, [], GenerationConfig(gen_length=8, steps=8))
+
+
+def test_a_policy_that_commits_nothing_still_finishes_every_block(model):
+    @register_policy
+    class Lazy(UnmaskPolicy):
+        name = "test_lazy"
+
+        def scores(self, s):
+            return s.x0_prob
+
+        def select(self, scores, s):
+            return torch.zeros_like(s.candidates)
+
+    try:
+        st = RecordingStreamer()
+        out = generate(model, PROMPTS[:2], GenerationConfig(gen_length=16, steps=8, block_length=8,
+                                                            policy="test_lazy", stop_at_eos=False), streamer=st)
+        assert all(MASK not in c for c in out.canvases)
+        assert all(len(p) >= 1 for ev in st.events for p in ev.positions)
+    finally:
+        POLICIES.pop("test_lazy")

@@ -75,7 +75,7 @@ class MaskedDiffusion:
         if mask_token_id is None:
             raise ConfigError("model.mask_token_id", "masked diffusion needs a mask token id; got None")
         self.config = config
-        self.schedule = get_schedule(config.schedule)
+        self.schedule = get_schedule(config.schedule, config.eps)
         self.mask_token_id = int(mask_token_id)
         self.shift_logits = shift_logits
 

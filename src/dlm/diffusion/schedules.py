@@ -71,6 +71,6 @@ class LogLinearSchedule(Schedule):
 SCHEDULES = {"linear": LinearSchedule, "cosine": CosineSchedule, "loglinear": LogLinearSchedule}
 
 
-def get_schedule(name: str) -> Schedule:
+def get_schedule(name: str, eps: float = 1e-3) -> Schedule:
     check_choice("diffusion.schedule", name, SCHEDULES)
-    return SCHEDULES[name]()
+    return LogLinearSchedule(eps) if name == "loglinear" else SCHEDULES[name]()

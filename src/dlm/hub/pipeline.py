@@ -11,7 +11,7 @@ import torch
 
 from ..configs import from_dict
 from ..diffusion import DiffusionConfig
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, InputError
 from ..sampling import GenerationConfig, generate
 from ..sampling.autoregressive import generate_autoregressive
 from .checkpoint import GENERATION_CONFIG_NAME, from_pretrained, load_model_config, save_pretrained
@@ -25,6 +25,7 @@ class Completion:
     nfe: int
     steps: int
     seconds: float
+    filled: str = ""  # the whole canvas decoded: prompt (with any <|mask|> in it filled) + text + suffix
 
 
 class DiffusionLM:
@@ -82,21 +83,30 @@ class DiffusionLM:
         cfg = self.make_config(config, **overrides)
         ids = [self.tokenizer.encode(p) for p in prompts]
         sfx = [self.tokenizer.encode(s) for s in suffixes] if suffixes is not None else None
-        if self.is_causal:  # the AR twin: left-to-right with a KV cache; a suffix cannot be used
+        if self.is_causal:  # the AR twin: left-to-right with a KV cache
+            if suffixes is not None:
+                raise InputError("suffixes", "a causal (autoregressive) model cannot condition on a suffix; "
+                                             "use infill(..., prefix_only=True) for prefix-only completion")
             out = generate_autoregressive(self.model, ids, cfg, streamer=streamer)
         else:
             out = generate(self.model, ids, cfg, suffixes=sfx, streamer=streamer)
         return [
             Completion(p, self.tokenizer.decode(seq, skip_special_tokens=True), seq, out.nfe[i], out.steps[i],
-                       out.seconds)
+                       out.seconds, self.tokenizer.decode(out.canvases[i], skip_special_tokens=True))
             for i, (p, seq) in enumerate(zip(prompts, out.sequences))
         ]
 
-    def infill(self, prefix: str, suffix: str, length: int, **overrides) -> Completion:
+    def infill(self, prefix: str, suffix: str, length: int, *, prefix_only: bool | None = None,
+               **overrides) -> Completion:
+        """Fill `length` tokens between prefix and suffix. A causal model can only continue the prefix:
+        pass prefix_only=True (the default for causal models) to get that, for contrast."""
+        prefix_only = self.is_causal if prefix_only is None else prefix_only
+        if self.is_causal and not prefix_only:
+            raise InputError("prefix_only", "a causal model cannot see the suffix; pass prefix_only=True")
         overrides.setdefault("block_length", length)
         overrides.setdefault("steps", length)
         cfg = self.make_config(None, gen_length=length, trim_at_eos=False, stop_at_eos=False, **overrides)
-        return self.generate([prefix], cfg, suffixes=[suffix])[0]
+        return self.generate([prefix], cfg, suffixes=None if prefix_only else [suffix])[0]
 
     @property
     def is_causal(self) -> bool:

@@ -169,7 +169,9 @@ def generate(
                 logits = uncond + (config.cfg_scale + 1.0) * (cond - uncond)
             else:
                 logits = model(x, attention_mask=am, logits_index=model_idx).float()
-            logits[..., mask_id] = float("-inf")
+            never = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
+            never[mask_id] = True
+            logits = logits.masked_fill(never, float("-inf"))  # never propose the mask token
             for proc in logits_processors:
                 logits = proc(x, logits, a_idx)
             # confidence comes from the full (processed) distribution; top-k/top-p only narrow the choice
@@ -191,7 +193,14 @@ def generate(
                 logits=logits, probs=probs, x0=x0, x0_prob=x0_prob, candidates=cand, num_to_commit=k,
                 uniform=lambda: _per_row_uniform(gens, rows, a_valid, (), device),
             )
-            commit = policy(s)
+            commit = policy(s) & cand
+            if i == spb - 1:  # the block's last step commits whatever a policy left masked
+                commit = cand
+            else:  # always at least one per row that still has masks
+                none = (commit.sum(1) == 0) & (remaining > 0)
+                if none.any():
+                    best = x0_prob.masked_fill(~cand, -1.0).argmax(1)
+                    commit[none, best[none]] = True
             new_vals = torch.where(commit, x0, x.gather(1, a_idx))
             canvas[rows_t] = x.scatter(1, a_idx, new_vals)
             for r in rows:

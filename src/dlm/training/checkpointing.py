@@ -114,7 +114,11 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, noise_gen) -> dict:
         rng_tensors = load_file(str(path / "rng.safetensors"))
     except (OSError, json.JSONDecodeError, SafetensorError) as e:
         raise CheckpointError(f"{path}: unreadable training checkpoint ({e})") from None
-    missing, unexpected = model.load_state_dict(model_state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(model_state, strict=False)
+    except RuntimeError as e:  # shape mismatch: the run config's model differs from the checkpoint's
+        raise CheckpointError(f"{path}: the checkpoint's weights do not fit the configured model ({e}); "
+                              "resume with the model settings the run was started with") from None
     missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_embeddings)]
     if missing or unexpected:
         raise CheckpointError(f"{path}: model weights do not match the config; missing {missing[:5]}, "

@@ -171,12 +171,29 @@ class Trainer:
             return False
         if not ckpt.is_dir():
             raise CheckpointError(f"{ckpt}: no such checkpoint")
+        self._check_resume_config(ckpt)
         state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, self.noise_gen)
         self.batches.load_state_dict(state["data"])
         self.step = int(state["step"])
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.log(f"resumed from {ckpt} at step {self.step}")
         return True
+
+    def _check_resume_config(self, ckpt: Path) -> None:
+        """The model and data must be those the run started with; other changes are allowed but named."""
+        try:
+            saved = json.loads((ckpt / "trainer_state.json").read_text()).get("config", {})
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{ckpt}: unreadable trainer_state.json ({e})") from None
+        now = to_dict(self.cfg)
+        changed = [f"{sec}.{k}" for sec in now if isinstance(now[sec], dict)
+                   for k in now[sec] if saved.get(sec, {}).get(k, now[sec][k]) != now[sec][k]]
+        fatal = [c for c in changed if c.split(".")[0] in ("model", "data", "tokenizer", "diffusion")]
+        if fatal:
+            raise CheckpointError(f"{ckpt}: cannot resume with changed settings {', '.join(fatal)}; "
+                                  "use the run's original config (see run_config.json)")
+        if changed:
+            self.log(f"resuming with changed settings: {', '.join(changed)}")
 
     def export(self, out_dir: str | Path | None = None) -> Path:
         out_dir = Path(out_dir) if out_dir else self.out / "final"
