@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError, check_choice
+from .fused_ce import chunked_cross_entropy, weighted_cross_entropy
 from .schedules import get_schedule
 
 
@@ -78,6 +79,7 @@ class MaskedDiffusion:
         self.schedule = get_schedule(config.schedule, config.eps)
         self.mask_token_id = int(mask_token_id)
         self.shift_logits = shift_logits
+        self.fused = True  # fused chunked head + cross-entropy for dlm Transformers (False: plain logits)
 
     # ---- time and noise ---------------------------------------------------------------------
     def sample_t(self, batch: int, generator=None, device="cpu") -> torch.Tensor:
@@ -103,16 +105,34 @@ class MaskedDiffusion:
         logits = model(xt, attention_mask=attention_mask)
         return align_logits(logits, self.shift_logits)
 
+    def _masked_hidden(self, model, xt, masked, attention_mask):
+        h = align_logits(model(xt, attention_mask=attention_mask, return_hidden=True), self.shift_logits)
+        return h[masked]
+
     def masked_ce(self, model, xt, x0, masked, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(ce, row) for every masked position, in row-major order. dlm Transformers apply the LM head to
-        the masked positions only (`return_hidden` + `head`); any other model gives full logits."""
+        the masked positions only, chunk by chunk; any other model gives full logits."""
         rows = masked.nonzero()[:, 0]
+        weight = getattr(model, "head_weight", None)
+        if weight is not None and not torch.is_grad_enabled():
+            h = self._masked_hidden(model, xt, masked, attention_mask)
+            return chunked_cross_entropy(h, weight, x0[masked], self.mask_token_id), rows
         if hasattr(model, "head"):
-            h = align_logits(model(xt, attention_mask=attention_mask, return_hidden=True), self.shift_logits)
-            logits_m = model.head(h[masked])
+            logits_m = model.head(self._masked_hidden(model, xt, masked, attention_mask))
         else:
             logits_m = self._logits(model, xt, attention_mask)[masked]
         return _ce_rows(logits_m, x0[masked], self.mask_token_id), rows
+
+    def weighted_masked_ce(self, model, xt, x0, masked, row_weight, attention_mask=None) -> tuple[torch.Tensor, int]:
+        """sum over masked positions of row_weight[row] * CE, and the number of masked positions. With a dlm
+        Transformer the head and the cross-entropy run fused, chunk by chunk (no (M, V) logits)."""
+        weight = getattr(model, "head_weight", None)
+        if weight is not None and self.fused:
+            rows = masked.nonzero()[:, 0]
+            h = self._masked_hidden(model, xt, masked, attention_mask)
+            return weighted_cross_entropy(h, weight, x0[masked], row_weight[rows], self.mask_token_id), int(rows.numel())
+        ce, rows = self.masked_ce(model, xt, x0, masked, attention_mask)
+        return (ce * row_weight[rows]).sum(), int(rows.numel())
 
     # ---- losses -----------------------------------------------------------------------------
     def weighted_loss(self, logits, x0, masked, t, num_tokens: int) -> torch.Tensor:
@@ -132,10 +152,9 @@ class MaskedDiffusion:
         maskable = attention_mask.bool() if attention_mask is not None else None
         xt, masked = self.add_noise(input_ids, t, generator, maskable)
         num_tokens = int(maskable.sum()) if maskable is not None else input_ids.numel()
-        ce, rows = self.masked_ce(model, xt, input_ids, masked, attention_mask)
-        w = self.schedule.weight(t.float())
-        loss = (ce * w[rows]).sum() / max(num_tokens, 1)
-        return LossOutput(loss, num_tokens, int(rows.numel()))
+        total, n_masked = self.weighted_masked_ce(model, xt, input_ids, masked, self.schedule.weight(t.float()),
+                                                  attention_mask)
+        return LossOutput(total / max(num_tokens, 1), num_tokens, n_masked)
 
     def sft_loss(self, model, input_ids, prompt_lengths, attention_mask=None, generator=None) -> LossOutput:
         """SFT: prompt never masked; answer (with its EOS padding) masked; normalised per answer length."""
@@ -146,11 +165,10 @@ class MaskedDiffusion:
             answer &= attention_mask.bool()
         t = self.sample_t(B, generator, input_ids.device)
         xt, masked = self.add_noise(input_ids, t, generator, answer)
-        ce, rows = self.masked_ce(model, xt, input_ids, masked, attention_mask)
         answer_len = answer.sum(1).clamp(min=1).float()
-        w = self.schedule.weight(t.float()) / answer_len
-        loss = (ce * w[rows]).sum() / B
-        return LossOutput(loss, int(answer.sum()), int(rows.numel()))
+        total, n_masked = self.weighted_masked_ce(model, xt, input_ids, masked,
+                                                  self.schedule.weight(t.float()) / answer_len, attention_mask)
+        return LossOutput(total / B, int(answer.sum()), n_masked)
 
     # ---- likelihood -------------------------------------------------------------------------
     @torch.no_grad()

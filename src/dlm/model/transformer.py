@@ -191,3 +191,8 @@ class Transformer(nn.Module):
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head on final (normed) hidden states of any shape (..., d) -> (..., V)."""
         return self.lm_head(hidden)
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The (V, d) matrix `head` multiplies by (no bias): lets losses fuse the head with cross-entropy."""
+        return self.lm_head.weight
