@@ -216,10 +216,10 @@ def tokenizer_train(
 ):
     """Train a byte-level BPE tokenizer with dlm's special tokens and chat template."""
     from .tokenizer import train_tokenizer
-    from .training.data import expand_sources
+    from .training.data import document_texts, expand_sources
 
     try:
-        tok = train_tokenizer(expand_sources(files, "FILES"), vocab_size, out_dir=out)
+        tok = train_tokenizer([], vocab_size, out_dir=out, texts=document_texts(expand_sources(files, "FILES")))
     except DLMError as e:
         _fail(e)
     typer.echo(f"saved {tok.vocab_size}-token tokenizer to {out}")
@@ -255,6 +255,37 @@ def info(path: str = typer.Argument(..., help="Checkpoint folder."), as_json: bo
         typer.echo(f"  diffusion: {raw['diffusion']}")
     if tok_info:
         typer.echo(f"  tokenizer: {tok_info['vocab_size']} tokens; special ids {tok_info['special_ids']}")
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Training corpora.")
+app.add_typer(data_app, name="data")
+CORPORA = ("python",)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    name: str = typer.Argument(..., help="Corpus to build: python (stdlib source + Python docs)."),
+    out: Path = typer.Option(Path("data/python"), "--out", help="Folder for {train,valid,test}.jsonl."),
+    no_docs: bool = typer.Option(False, "--no-docs", help="Skip the Debian python3.11-doc sources."),
+    cache_dir: Path = typer.Option(Path("~/.cache/dlm/debian"), "--cache-dir", help="Download cache."),
+):
+    """Build a training corpus as JSONL splits plus manifest.json."""
+    from .corpus import prepare_python_corpus
+
+    try:
+        if name not in CORPORA:
+            raise InputError("NAME", f"got {name!r}; allowed: {', '.join(CORPORA)}")
+        t0 = time.perf_counter()
+        m = prepare_python_corpus(out, include_docs=not no_docs, cache_dir=cache_dir,
+                                  log=lambda msg: typer.echo(msg, err=True))
+    except DLMError as e:
+        _fail(e)
+    typer.echo(f"corpus {name!r} in {out} ({time.perf_counter() - t0:.1f} s)")
+    for label, group in (("split", m["splits"]), ("source", m["sources"])):
+        for k, v in group.items():
+            size = v.get("text_bytes", v.get("bytes", 0)) / 1e6
+            why = "" if v.get("available", True) else f"  unavailable: {v.get('reason')}"
+            typer.echo(f"  {label} {k:<7} {v['documents']:>6} documents {size:8.2f} MB{why}")
 
 
 def main() -> None:  # console-script entry point

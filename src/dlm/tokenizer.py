@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -55,14 +55,19 @@ def train_tokenizer(
     vocab_size: int,
     out_dir: str | Path | None = None,
     min_frequency: int = 2,
+    *,
+    texts: Iterable[str] | None = None,
 ) -> "DLMTokenizer":
-    """Train a byte-level BPE on text files; special tokens get ids 0..6 in SPECIAL_TOKENS order."""
+    """Train a byte-level BPE on plain-text files, or on `texts` (documents already read, e.g. the
+    "text" fields of JSONL: pass files=[] then); special tokens get ids 0..6 in SPECIAL_TOKENS order."""
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
         raise ConfigError(
             "vocab_size",
             f"got {vocab_size!r}; must be an integer >= {MIN_VOCAB_SIZE} "
             f"({len(SPECIAL_TOKENS)} special tokens + {NUM_BYTES} byte tokens)",
         )
+    if texts is not None:
+        return _train(None, texts, vocab_size, out_dir, min_frequency)
     if isinstance(files, (str, Path)):
         files = [files]
     paths = [Path(f) for f in files]
@@ -74,7 +79,10 @@ def train_tokenizer(
     paths = [p for p in paths if p.stat().st_size > 0]  # empty files (e.g. __init__.py) add nothing
     if not paths:
         raise InputError("files", "every training file is empty; pass at least one non-empty text file")
+    return _train(paths, None, vocab_size, out_dir, min_frequency)
 
+
+def _train(paths, texts, vocab_size, out_dir, min_frequency) -> "DLMTokenizer":
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -85,7 +93,21 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train([str(p) for p in paths], trainer)
+    if texts is not None:
+        seen = {"n": 0}
+
+        def counted():
+            for t in texts:
+                if not isinstance(t, str):
+                    raise InputError("texts", f"expected str documents, got {type(t).__name__}")
+                seen["n"] += len(t)
+                yield t
+
+        tok.train_from_iterator(counted(), trainer)
+        if seen["n"] == 0:
+            raise InputError("texts", "no text to train on; every document is empty")
+    else:
+        tok.train([str(p) for p in paths], trainer)
     out = DLMTokenizer(tok)
     if out_dir is not None:
         out.save(out_dir)

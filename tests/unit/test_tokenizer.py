@@ -189,3 +189,14 @@ def test_autotokenizer_loads_offline_with_identical_ids(tok_dir, tok):
         out = hf.apply_chat_template(msgs, add_generation_prompt=gen, tokenize=True)
         ids = out["input_ids"] if hasattr(out, "keys") else out
         assert list(ids) == tok.apply_chat_template(msgs, add_generation_prompt=gen)
+
+
+def test_train_from_texts_learns_multiline_tokens_and_rejects_empty():
+    code = "def f(x):\n    return x\n\n" * 200
+    tok = train_tokenizer([], vocab_size=300, texts=[code])
+    ids = tok.encode(code)
+    assert tok.decode(ids) == code
+    assert any("\n" in tok.decode([i]) and len(tok.decode([i]).strip(" \n")) == 0 and len(tok.decode([i])) > 1
+               for i in set(ids))  # a newline+indent token: documents are not cut at line ends
+    with pytest.raises(InputError, match="texts"):
+        train_tokenizer([], vocab_size=300, texts=["", ""])

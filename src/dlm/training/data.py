@@ -217,6 +217,20 @@ def iter_documents(paths: Iterable[str | Path], text_field: str = "text") -> Ite
             yield from _iter_text(path)
 
 
+def document_texts(paths, text_field: str = "text", max_bytes: int = 0) -> Iterator[str]:
+    """The texts of documents (chat messages' contents one by one), e.g. to train a tokenizer on what the
+    model will read rather than on raw JSONL bytes; stops after about max_bytes (0 = no cap)."""
+    total = 0
+    for _, doc in iter_documents(paths, text_field):
+        parts = [doc] if isinstance(doc, str) else [m.get("content", "") for m in doc]
+        for t in parts:
+            if t:
+                total += len(t.encode("utf-8", errors="replace"))
+                yield t
+        if max_bytes and total >= max_bytes:
+            return
+
+
 def split_of(doc_id: str, valid_fraction: float, seed: int) -> str:
     """'train' or 'valid' from a stable hash of doc_id and seed."""
     return "valid" if _hash_unit(doc_id, seed) < valid_fraction else "train"

@@ -84,7 +84,7 @@ class Trainer:
 
     def _tokenizer(self):
         from ..tokenizer import DLMTokenizer, train_tokenizer
-        from .data import expand_sources
+        from .data import document_texts, expand_sources
 
         tc = self.cfg.tokenizer
         if tc.path:
@@ -93,14 +93,10 @@ class Trainer:
         if (tok_dir / "tokenizer.json").is_file():
             return DLMTokenizer.from_dir(tok_dir)
         files = expand_sources(self.cfg.data.train, "data.train", self.cfg.data.exclude)
-        picked, total = [], 0
-        for f in files:  # a bounded, deterministic sample of the training files
-            if total >= tc.max_train_bytes:
-                break
-            picked.append(f)
-            total += f.stat().st_size
-        self.log(f"training a {tc.vocab_size}-token BPE on {len(picked)} files ({total / 1e6:.1f} MB)")
-        return train_tokenizer(picked, tc.vocab_size, out_dir=tok_dir)
+        self.log(f"training a {tc.vocab_size}-token BPE on {len(files)} files (up to {tc.max_train_bytes / 1e6:.0f} MB "
+                 "of their text)")
+        texts = document_texts(files, self.cfg.data.text_field, tc.max_train_bytes)
+        return train_tokenizer([], tc.vocab_size, out_dir=tok_dir, texts=texts)
 
     def _model_config(self):
         tok = self.tokenizer
