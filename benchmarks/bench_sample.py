@@ -50,7 +50,11 @@ def main() -> None:
     dm, arm = load(a.model, "bidirectional"), load(a.ar_model, "causal")
     G, bl = a.gen_length, a.block_length
     methods = [
-        ("diffusion steps=G (reference)", dm, GenerationConfig(gen_length=G, steps=G, block_length=bl, stop_at_eos=False)),
+        (
+            "diffusion steps=G (reference)",
+            dm,
+            GenerationConfig(gen_length=G, steps=G, block_length=bl, stop_at_eos=False),
+        ),
         ("diffusion steps=G/2", dm, GenerationConfig(gen_length=G, steps=G // 2, block_length=bl, stop_at_eos=False)),
         ("diffusion steps=G/4", dm, GenerationConfig(gen_length=G, steps=G // 4, block_length=bl, stop_at_eos=False)),
         ("AR twin + KV cache", arm, GenerationConfig(gen_length=G, steps=G, stop_at_eos=False)),
@@ -65,7 +69,7 @@ def main() -> None:
             fn = generate_autoregressive if model is arm else generate
             holder = {}
 
-            def call():
+            def call(fn=fn, model=model, prompts=prompts, cfg=cfg, holder=holder):
                 ctx = torch.autocast("cpu", dtype=torch.bfloat16) if a.bf16 else torch.no_grad()
                 with ctx:
                     holder["out"] = fn(model, prompts, cfg)
@@ -76,9 +80,19 @@ def main() -> None:
             nfe = out.nfe[0]
             tok_s = tokens / med
             base = base or tok_s
-            rows.append({"batch": B, "method": name, "gen_length": G, "block": bl if model is dm else "-",
-                         "NFE": nfe, "TPF": round(G / nfe, 2), "tok_s": tok_s, "latency_s": med,
-                         "x_vs_reference": tok_s / base})
+            rows.append(
+                {
+                    "batch": B,
+                    "method": name,
+                    "gen_length": G,
+                    "block": bl if model is dm else "-",
+                    "NFE": nfe,
+                    "TPF": round(G / nfe, 2),
+                    "tok_s": tok_s,
+                    "latency_s": med,
+                    "x_vs_reference": tok_s / base,
+                }
+            )
     print(f"# {machine()} bf16={a.bf16}")
     print_table(rows, a.json)
 

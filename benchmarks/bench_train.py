@@ -25,13 +25,24 @@ from dlm.model import ModelConfig, Transformer  # noqa: E402
 
 
 def config_10m(vocab: int = 8192, seq: int = 256) -> ModelConfig:
-    return ModelConfig(vocab_size=vocab, d_model=384, n_layers=6, n_heads=6, d_ff=1024, max_seq_len=seq,
-                       mask_token_id=3, eos_token_id=1, pad_token_id=2)
+    return ModelConfig(
+        vocab_size=vocab,
+        d_model=384,
+        n_layers=6,
+        n_heads=6,
+        d_ff=1024,
+        max_seq_len=seq,
+        mask_token_id=3,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
 
 
 def step_flops(cfg: ModelConfig, tokens: int, masked: int, seq: int) -> float:
     body = cfg.num_parameters() - cfg.vocab_size * cfg.d_model  # all weights but the (tied) embedding/head
-    return 6 * body * tokens + 6 * cfg.vocab_size * cfg.d_model * masked + 12 * cfg.n_layers * cfg.d_model * seq * tokens
+    return (
+        6 * body * tokens + 6 * cfg.vocab_size * cfg.d_model * masked + 12 * cfg.n_layers * cfg.d_model * seq * tokens
+    )
 
 
 def run(steps: int, batch: int, seq: int, dtype: str, compile_: bool) -> dict:
@@ -45,7 +56,7 @@ def run(steps: int, batch: int, seq: int, dtype: str, compile_: bool) -> dict:
     data = torch.randint(4, cfg.vocab_size, (batch, seq))
 
     def step() -> int:
-        with (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else _null()):
+        with torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else _null():
             out = diff.loss(fwd, data, generator=gen)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -61,9 +72,15 @@ def run(steps: int, batch: int, seq: int, dtype: str, compile_: bool) -> dict:
         masked += step()
     dt = time.perf_counter() - t0
     tokens = steps * batch * seq
-    return {"params_M": round(model.num_parameters() / 1e6, 2), "dtype": dtype, "compile": compile_,
-            "batch": batch, "seq": seq, "tok_s": tokens / dt,
-            "model_TFLOPs": step_flops(cfg, tokens, masked, seq) / dt / 1e12}
+    return {
+        "params_M": round(model.num_parameters() / 1e6, 2),
+        "dtype": dtype,
+        "compile": compile_,
+        "batch": batch,
+        "seq": seq,
+        "tok_s": tokens / dt,
+        "model_TFLOPs": step_flops(cfg, tokens, masked, seq) / dt / 1e12,
+    }
 
 
 class _null:

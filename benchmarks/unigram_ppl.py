@@ -22,8 +22,16 @@ def main() -> None:
     valid = np.fromfile(run / "data" / "valid.bin", dtype=dtype)
     counts = np.bincount(train, minlength=meta["vocab_size"]).astype(np.float64) + 0.5
     nll = -np.log(counts[valid] / counts.sum()).mean()
-    print(json.dumps({"run": str(run), "train_tokens": int(train.size), "valid_tokens": int(valid.size),
-                      "unigram_ppl": round(math.exp(nll), 1)}))
+    print(
+        json.dumps(
+            {
+                "run": str(run),
+                "train_tokens": int(train.size),
+                "valid_tokens": int(valid.size),
+                "unigram_ppl": round(math.exp(nll), 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

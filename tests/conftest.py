@@ -13,8 +13,18 @@ MASK, EOS, PAD, BOS = 3, 1, 2, 0
 
 
 def tiny_config(**kw) -> ModelConfig:
-    base = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128,
-                mask_token_id=MASK, eos_token_id=EOS, pad_token_id=PAD, bos_token_id=BOS)
+    base = dict(
+        vocab_size=64,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        max_seq_len=128,
+        mask_token_id=MASK,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+    )
     base.update(kw)
     return ModelConfig(**base)
 

@@ -14,5 +14,15 @@ def load(path, **kw):
     return _load(path, **kw)
 
 
-__all__ = ["CheckpointError", "ConfigError", "DLMError", "GenerationConfig", "InputError", "ModelConfig",
-           "Transformer", "generate", "load", "__version__"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DLMError",
+    "GenerationConfig",
+    "InputError",
+    "ModelConfig",
+    "Transformer",
+    "generate",
+    "load",
+    "__version__",
+]

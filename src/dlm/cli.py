@@ -57,8 +57,15 @@ def generate(
     """Generate completions of PROMPTs."""
     try:
         lm = _load(model)
-        overrides = dict(gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature,
-                         policy=policy, seed=seed, cfg_scale=cfg_scale)
+        overrides = dict(
+            gen_length=gen_length,
+            steps=steps,
+            block_length=block_length,
+            temperature=temperature,
+            policy=policy,
+            seed=seed,
+            cfg_scale=cfg_scale,
+        )
         cfg = lm.make_config(None, **overrides)
         streamer = _TerminalStreamer(lm, prompts, cfg) if show_steps else None
         t0 = time.perf_counter()
@@ -72,8 +79,19 @@ def generate(
         _fail(e)
     for o in outs:
         if as_json:
-            typer.echo(json.dumps({"prompt": o.prompt, "text": o.text, "tokens": len(o.tokens), "nfe": o.nfe,
-                                   "steps": o.steps, "seconds": round(seconds, 4), "filled": o.filled}))
+            typer.echo(
+                json.dumps(
+                    {
+                        "prompt": o.prompt,
+                        "text": o.text,
+                        "tokens": len(o.tokens),
+                        "nfe": o.nfe,
+                        "steps": o.steps,
+                        "seconds": round(seconds, 4),
+                        "filled": o.filled,
+                    }
+                )
+            )
         else:
             typer.echo(o.filled if "<|mask|>" in o.prompt else o.prompt + o.text)
             if len(outs) > 1:
@@ -150,8 +168,11 @@ def infill(
     except DLMError as e:
         _fail(e)
     if as_json:
-        typer.echo(json.dumps({"prefix": prefix, "suffix": suffix, "text": o.text, "nfe": o.nfe,
-                               "seconds": round(o.seconds, 4)}))
+        typer.echo(
+            json.dumps(
+                {"prefix": prefix, "suffix": suffix, "text": o.text, "nfe": o.nfe, "seconds": round(o.seconds, 4)}
+            )
+        )
     else:
         typer.echo(prefix + o.text + suffix)
 
@@ -174,8 +195,10 @@ def train(
     except DLMError as e:
         _fail(e)
     last = trainer.history[-1] if trainer.history else {}
-    typer.echo(f"done: step {trainer.step}, tokens {trainer.tokens_seen}, "
-               f"eval_ppl {last.get('eval_ppl', float('nan')):.2f}; model in {Path(cfg.out_dir) / 'final'}")
+    typer.echo(
+        f"done: step {trainer.step}, tokens {trainer.tokens_seen}, "
+        f"eval_ppl {last.get('eval_ppl', float('nan')):.2f}; model in {Path(cfg.out_dir) / 'final'}"
+    )
 
 
 @eval_app.command("ppl")
@@ -199,12 +222,20 @@ def eval_ppl(
             raise InputError("--seq-len", f"{seq_len} exceeds the model's max_seq_len {lm.model.config.max_seq_len}")
         texts = [d for _, d in iter_documents(expand_sources(data, "--data")) if isinstance(d, str)]
         windows = pack_texts(texts, lm.tokenizer, seq_len, max_tokens)
-        res = perplexity(lm.model, windows, diffusion_config=lm.diffusion_config, samples=samples,
-                         batch_size=batch_size, seed=seed)
+        res = perplexity(
+            lm.model, windows, diffusion_config=lm.diffusion_config, samples=samples, batch_size=batch_size, seed=seed
+        )
     except DLMError as e:
         _fail(e)
-    out = {"model": model, "ppl": res.ppl, "nll_per_token": res.nll_per_token, "tokens": res.tokens,
-           "windows": res.sequences, "kind": res.kind, "samples": res.samples}
+    out = {
+        "model": model,
+        "ppl": res.ppl,
+        "nll_per_token": res.nll_per_token,
+        "tokens": res.tokens,
+        "windows": res.sequences,
+        "kind": res.kind,
+        "samples": res.samples,
+    }
     typer.echo(json.dumps(out) if as_json else f"perplexity {res.ppl:.3f} ({res.kind}) over {res.tokens} tokens")
 
 
@@ -243,8 +274,14 @@ def info(path: str = typer.Argument(..., help="Checkpoint folder."), as_json: bo
             tok_info = {"vocab_size": tok.vocab_size, "special_ids": tok.special_ids}
     except DLMError as e:
         _fail(e)
-    out = {"path": str(path), "parameters": n_params, "dtype": raw.get("torch_dtype"), "config": to_dict(cfg),
-           "diffusion": raw.get("diffusion"), "tokenizer": tok_info}
+    out = {
+        "path": str(path),
+        "parameters": n_params,
+        "dtype": raw.get("torch_dtype"),
+        "config": to_dict(cfg),
+        "diffusion": raw.get("diffusion"),
+        "tokenizer": tok_info,
+    }
     if as_json:
         typer.echo(json.dumps(out))
         return
@@ -276,8 +313,9 @@ def data_prepare(
         if name not in CORPORA:
             raise InputError("NAME", f"got {name!r}; allowed: {', '.join(CORPORA)}")
         t0 = time.perf_counter()
-        m = prepare_python_corpus(out, include_docs=not no_docs, cache_dir=cache_dir,
-                                  log=lambda msg: typer.echo(msg, err=True))
+        m = prepare_python_corpus(
+            out, include_docs=not no_docs, cache_dir=cache_dir, log=lambda msg: typer.echo(msg, err=True)
+        )
     except DLMError as e:
         _fail(e)
     typer.echo(f"corpus {name!r} in {out} ({time.perf_counter() - t0:.1f} s)")

@@ -43,8 +43,10 @@ SPLIT_RULE = (
     f"test if bucket < {TEST_PERCENT}, valid if bucket < {TEST_PERCENT + VALID_PERCENT}, else train "
     "(path is the document's corpus path, e.g. 'stdlib/json/decoder.py')"
 )
-DEDUP_RULE = ("exact duplicates by sha256 of the text with trailing whitespace stripped from every line "
-              "(and trailing blank lines dropped); the lexicographically first path is kept")
+DEDUP_RULE = (
+    "exact duplicates by sha256 of the text with trailing whitespace stripped from every line "
+    "(and trailing blank lines dropped); the lexicographically first path is kept"
+)
 
 _SKIP_DIRS = {"test", "tests", "idle_test", "__pycache__", "site-packages", "dist-packages"}
 _TIMEOUT_S = 600
@@ -97,7 +99,8 @@ def stdlib_documents(root: str | Path | None = None) -> Iterator[tuple[str, str]
     """Yield ("stdlib/<path relative to the stdlib root>", text) for the stdlib's non-test ``.py`` files.
 
     Skips test folders (test/, tests/, idle_test/), test_*.py, site-packages, dist-packages, __pycache__,
-    hidden entries, the platform-named build folder config-3.X-<arch>/, and files that are blank, not valid UTF-8 or larger than MAX_FILE_BYTES.
+    hidden entries, the platform-named build folder config-3.X-<arch>/, and files that are blank, not valid
+    UTF-8 or larger than MAX_FILE_BYTES.
     """
     base = Path(root if root is not None else sysconfig.get_paths()["stdlib"])
     for dirpath, dirnames, filenames in os.walk(base):
@@ -147,14 +150,16 @@ def _fetch_docs(cache_dir: Path) -> tuple[Optional[Path], Optional[str]]:
     except OSError as e:
         return None, f"cannot use cache folder {cache_dir}: {e}"
     try:
-        p = subprocess.run(["apt-get", "download", DOC_PACKAGE], cwd=work, capture_output=True, text=True,
-                           timeout=_TIMEOUT_S)
+        p = subprocess.run(
+            ["apt-get", "download", DOC_PACKAGE], cwd=work, capture_output=True, text=True, timeout=_TIMEOUT_S
+        )
         debs = sorted(work.glob(f"{DOC_PACKAGE}_*.deb"))
         if p.returncode != 0 or not debs:
             hint = " (try `apt-get update`)" if any(k in p.stderr for k in ("Unable to locate", "candidate")) else ""
             return None, f"apt-get download {DOC_PACKAGE} failed: {_last_line(p.stderr or p.stdout)}{hint}"
-        p = subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(work / "extract")], capture_output=True,
-                           text=True, timeout=_TIMEOUT_S)
+        p = subprocess.run(
+            ["dpkg-deb", "-x", str(debs[-1]), str(work / "extract")], capture_output=True, text=True, timeout=_TIMEOUT_S
+        )
         if p.returncode != 0:
             return None, f"dpkg-deb -x {debs[-1].name} failed: {_last_line(p.stderr or p.stdout)}"
         if not (work / "extract" / DOC_SOURCES).is_dir():
@@ -275,10 +280,17 @@ def prepare_python_corpus(
         out.mkdir(parents=True, exist_ok=True)
         for s, rows in by_split.items():
             path = out / f"{s}.jsonl"
-            _write_atomic(path, [json.dumps({"text": t, "path": p, "source": src}, ensure_ascii=False) + "\n"
-                                 for p, t, src in rows])
-            splits[s] = {"file": path.name, "documents": len(rows), "bytes": path.stat().st_size,
-                         "text_bytes": sum(_nbytes(t) for _, t, _ in rows), "sha256": _sha256_file(path)}
+            _write_atomic(
+                path,
+                [json.dumps({"text": t, "path": p, "source": src}, ensure_ascii=False) + "\n" for p, t, src in rows],
+            )
+            splits[s] = {
+                "file": path.name,
+                "documents": len(rows),
+                "bytes": path.stat().st_size,
+                "text_bytes": sum(_nbytes(t) for _, t, _ in rows),
+                "sha256": _sha256_file(path),
+            }
         manifest = {
             "name": "python",
             "python_version": platform.python_version(),

@@ -13,8 +13,9 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "DLM_SHOW_STEPS_DELAY": "0"}
 
 
 def dlm(*args, check=True):
-    p = subprocess.run([sys.executable, "-m", "dlm.cli", *map(str, args)], capture_output=True, text=True, env=ENV,
-                       timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "dlm.cli", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600
+    )
     if check and p.returncode != 0:
         raise AssertionError(f"dlm {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
@@ -27,36 +28,99 @@ def trained(tmp_path_factory):
     cfg["out_dir"] = str(tmp / "run")
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    p = dlm("train", path, "--set", "train.max_steps=30", "--set", "train.eval_every=0", "--set", "train.progress=false")
+    p = dlm(
+        "train", path, "--set", "train.max_steps=30", "--set", "train.eval_every=0", "--set", "train.progress=false"
+    )
     assert "done: step 30" in p.stdout
     return tmp / "run" / "final"
 
 
 def test_generate_batch_json(trained):
-    p = dlm("generate", "def parse(", "import os\n", "class A:", "--model", trained, "--gen-length", "32",
-            "--steps", "16", "--block-length", "16", "--json")
+    p = dlm(
+        "generate",
+        "def parse(",
+        "import os\n",
+        "class A:",
+        "--model",
+        trained,
+        "--gen-length",
+        "32",
+        "--steps",
+        "16",
+        "--block-length",
+        "16",
+        "--json",
+    )
     rows = [json.loads(line) for line in p.stdout.strip().splitlines()]
     assert [r["prompt"] for r in rows] == ["def parse(", "import os\n", "class A:"]
     for r in rows:
         assert {"prompt", "text", "nfe", "seconds"} <= set(r)
         assert 1 <= r["nfe"] <= 16 and "<|mask|>" not in r["text"]
     # a batch gives the same text as each prompt alone
-    alone = json.loads(dlm("generate", "import os\n", "--model", trained, "--gen-length", "32", "--steps", "16",
-                           "--block-length", "16", "--json").stdout)
+    alone = json.loads(
+        dlm(
+            "generate",
+            "import os\n",
+            "--model",
+            trained,
+            "--gen-length",
+            "32",
+            "--steps",
+            "16",
+            "--block-length",
+            "16",
+            "--json",
+        ).stdout
+    )
     assert alone["text"] == rows[1]["text"]
 
 
 def test_generate_show_steps_and_seeded_sampling(trained):
-    a = dlm("generate", "def f(", "--model", trained, "--gen-length", "16", "--steps", "16", "--temperature", "1.0",
-            "--seed", "5", "--show-steps")
-    b = dlm("generate", "def f(", "--model", trained, "--gen-length", "16", "--steps", "16", "--temperature", "1.0",
-            "--seed", "5")
+    a = dlm(
+        "generate",
+        "def f(",
+        "--model",
+        trained,
+        "--gen-length",
+        "16",
+        "--steps",
+        "16",
+        "--temperature",
+        "1.0",
+        "--seed",
+        "5",
+        "--show-steps",
+    )
+    b = dlm(
+        "generate",
+        "def f(",
+        "--model",
+        trained,
+        "--gen-length",
+        "16",
+        "--steps",
+        "16",
+        "--temperature",
+        "1.0",
+        "--seed",
+        "5",
+    )
     assert a.stdout == b.stdout and a.stdout.startswith("def f(")
 
 
 def test_infill_keeps_prefix_and_suffix(trained):
-    p = dlm("infill", "--prefix", "def add(a, b):\n    return ", "--suffix", "\n\nprint(add(1, 2))\n", "--length", "6",
-            "--model", trained, "--json")
+    p = dlm(
+        "infill",
+        "--prefix",
+        "def add(a, b):\n    return ",
+        "--suffix",
+        "\n\nprint(add(1, 2))\n",
+        "--length",
+        "6",
+        "--model",
+        trained,
+        "--json",
+    )
     r = json.loads(p.stdout)
     assert r["nfe"] == 6 and "<|mask|>" not in r["text"]
     text = dlm("infill", "--prefix", "x = ", "--suffix", "\n", "--length", "4", "--model", trained).stdout
@@ -69,8 +133,9 @@ def test_info_and_eval_ppl(trained, tmp_path):
     assert info["tokenizer"]["special_ids"]["mask"] == info["config"]["mask_token_id"]
     text = tmp_path / "held.txt"
     text.write_text(Path(__file__).read_text() * 3)
-    r = json.loads(dlm("eval", "ppl", "--model", trained, "--data", text, "--seq-len", "64", "--samples", "2",
-                       "--json").stdout)
+    r = json.loads(
+        dlm("eval", "ppl", "--model", trained, "--data", text, "--seq-len", "64", "--samples", "2", "--json").stdout
+    )
     assert r["kind"] == "elbo" and r["tokens"] > 0 and 1.0 < r["ppl"] < 1e5
 
 

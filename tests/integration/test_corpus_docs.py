@@ -8,8 +8,10 @@ from dlm import corpus
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None,
-                       reason="apt-get/dpkg-deb not found: not a Debian-like system, python3.11-doc cannot be fetched"),
+    pytest.mark.skipif(
+        shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None,
+        reason="apt-get/dpkg-deb not found: not a Debian-like system, python3.11-doc cannot be fetched",
+    ),
 ]
 
 

@@ -21,8 +21,16 @@ def write_config(tmp_path, **sections):
         "data": {"train": ["{stdlib}/json/*.py"], "valid_fraction": 0.2, "seq_len": 64},
         "tokenizer": {"vocab_size": 512},
         "optim": {"lr": 3e-3, "warmup_steps": 5},
-        "train": {"batch_size": 8, "max_steps": 8, "dtype": "fp32", "eval_every": 0, "eval_batches": 2,
-                  "save_every": 4, "log_every": 2, "progress": False},
+        "train": {
+            "batch_size": 8,
+            "max_steps": 8,
+            "dtype": "fp32",
+            "eval_every": 0,
+            "eval_batches": 2,
+            "save_every": 4,
+            "log_every": 2,
+            "progress": False,
+        },
         "generation": {"gen_length": 16, "steps": 16, "block_length": 8},
     }
     for k, v in sections.items():
@@ -41,8 +49,14 @@ def test_training_on_real_text_lowers_heldout_elbo_perplexity(tmp_path):
         model={"d_model": 96, "n_layers": 3, "n_heads": 4},
         data={"train": sources, "valid_fraction": 0.1, "seq_len": 128},
         tokenizer={"vocab_size": 1024},
-        train={"batch_size": 16, "max_steps": 150, "dtype": "bf16", "save_every": 0, "eval_batches": 4,
-               "eval_samples": 4},
+        train={
+            "batch_size": 16,
+            "max_steps": 150,
+            "dtype": "bf16",
+            "save_every": 0,
+            "eval_batches": 4,
+            "eval_samples": 4,
+        },
     )
     trainer = Trainer(load_run_config(path), log=lambda *a: None)
     before = trainer.evaluate()["eval_ppl"]
@@ -111,15 +125,25 @@ def test_unknown_config_keys_are_named(tmp_path):
 def test_sft_run_trains_on_chat_jsonl(tmp_path):
     import json
 
-    rows = [{"messages": [{"role": "user", "content": f"add {i} and {i + 1}"},
-                          {"role": "assistant", "content": f"{2 * i + 1}"}]} for i in range(200)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"add {i} and {i + 1}"},
+                {"role": "assistant", "content": f"{2 * i + 1}"},
+            ]
+        }
+        for i in range(200)
+    ]
     (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     tok_path = write_config(tmp_path)  # reuse a tokenizer trained on text
     t0 = Trainer(load_run_config(tok_path, ["train.max_steps=1", "train.save_every=0"]), log=lambda *a: None)
-    path = write_config(tmp_path, out_dir=str(tmp_path / "sft"),
-                        data={"train": [str(tmp_path / "chat.jsonl")], "task": "sft", "seq_len": 32},
-                        tokenizer={"path": str(Path(t0.cfg.out_dir) / "tokenizer")},
-                        train={"max_steps": 30, "save_every": 0, "eval_every": 0})
+    path = write_config(
+        tmp_path,
+        out_dir=str(tmp_path / "sft"),
+        data={"train": [str(tmp_path / "chat.jsonl")], "task": "sft", "seq_len": 32},
+        tokenizer={"path": str(Path(t0.cfg.out_dir) / "tokenizer")},
+        train={"max_steps": 30, "save_every": 0, "eval_every": 0},
+    )
     trainer = Trainer(load_run_config(path), log=lambda *a: None)
     batch = next(iter([trainer.train_data.batch([0, 1])]))
     assert "prompt_lengths" in batch

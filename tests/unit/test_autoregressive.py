@@ -31,7 +31,10 @@ def test_cached_greedy_decoding_equals_recomputing_everything():
 
 def test_batch_invariance_and_seeded_sampling():
     m = _causal()
-    for cfg in (GenerationConfig(gen_length=8, steps=8), GenerationConfig(gen_length=8, steps=8, temperature=1.0, seed=4)):
+    for cfg in (
+        GenerationConfig(gen_length=8, steps=8),
+        GenerationConfig(gen_length=8, steps=8, temperature=1.0, seed=4),
+    ):
         batch = generate_autoregressive(m, PROMPTS, cfg)
         for i, p in enumerate(PROMPTS):
             assert generate_autoregressive(m, [p], cfg).sequences[0] == batch.sequences[i]
@@ -41,7 +44,8 @@ def test_stops_at_eos_and_streams_one_token_per_step():
     m = _causal()
     force_eos = lambda ids, scores, pos: scores.index_fill(-1, torch.tensor([EOS]), 1e9)  # noqa: E731
     st = RecordingStreamer()
-    out = generate_autoregressive(m, PROMPTS[:2], GenerationConfig(gen_length=8, steps=8), streamer=st,
-                                  logits_processors=[force_eos])
+    out = generate_autoregressive(
+        m, PROMPTS[:2], GenerationConfig(gen_length=8, steps=8), streamer=st, logits_processors=[force_eos]
+    )
     assert out.sequences == [[], []] and out.nfe == [1, 1]
     assert len(st.events) == 1 and st.events[0].tokens == [[EOS], [EOS]]

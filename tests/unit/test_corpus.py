@@ -85,8 +85,14 @@ def test_stdlib_documents_real_excludes_tests_and_packages():
 def test_stdlib_documents_fake_root(fake_stdlib):
     docs = dict(stdlib_documents(fake_stdlib))
     assert sorted(docs) == [
-        "stdlib/ast.py", "stdlib/email/copy.py", "stdlib/email/parser.py", "stdlib/json/__init__.py",
-        "stdlib/json/decoder.py", "stdlib/os.py", "stdlib/secrets.py", "stdlib/unittest/case.py",
+        "stdlib/ast.py",
+        "stdlib/email/copy.py",
+        "stdlib/email/parser.py",
+        "stdlib/json/__init__.py",
+        "stdlib/json/decoder.py",
+        "stdlib/os.py",
+        "stdlib/secrets.py",
+        "stdlib/unittest/case.py",
     ]
     assert docs["stdlib/os.py"] == "import sys\n"
 
@@ -118,8 +124,12 @@ def test_prepare_is_byte_identical_and_manifest_matches(fake_stdlib, tmp_path):
         assert all(split_for(r["path"]) == split and r["source"] == "stdlib" for r in rows)
         paths += [r["path"] for r in rows]
     assert "stdlib/email/copy.py" in paths and "stdlib/email/parser.py" not in paths  # deduplicated
-    assert m1["sources"]["stdlib"] == {"available": True, "documents": 7, "duplicates_dropped": 1,
-                                       "bytes": m1["sources"]["stdlib"]["bytes"]}
+    assert m1["sources"]["stdlib"] == {
+        "available": True,
+        "documents": 7,
+        "duplicates_dropped": 1,
+        "bytes": m1["sources"]["stdlib"]["bytes"],
+    }
     assert m1["sources"]["pydocs"]["available"] is False
     assert json.loads((tmp_path / "a" / "manifest.json").read_text()) == m1
     assert m1["split_rule"] == corpus.SPLIT_RULE
@@ -129,8 +139,7 @@ def test_prepare_is_byte_identical_and_manifest_matches(fake_stdlib, tmp_path):
 def test_missing_apt_reports_and_keeps_stdlib(fake_stdlib, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     logs: list[str] = []
-    m = prepare_python_corpus(tmp_path / "out", cache_dir=tmp_path / "cache", stdlib_root=fake_stdlib,
-                              log=logs.append)
+    m = prepare_python_corpus(tmp_path / "out", cache_dir=tmp_path / "cache", stdlib_root=fake_stdlib, log=logs.append)
     docs = m["sources"]["pydocs"]
     assert docs["available"] is False and docs["documents"] == 0
     assert "apt-get" in docs["reason"]
@@ -149,14 +158,20 @@ def test_docs_override_env(fake_stdlib, tmp_path, monkeypatch):
     monkeypatch.setenv(corpus.PYDOCS_ENV, str(src))
     assert corpus.fetch_python_docs(tmp_path / "cache") == src
     assert [p for p, _ in corpus.docs_documents(src)] == ["pydocs/index.rst.txt", "pydocs/library/json.rst.txt"]
-    m = prepare_python_corpus(tmp_path / "out", cache_dir=tmp_path / "cache", stdlib_root=fake_stdlib,
-                              log=lambda _: None)
+    m = prepare_python_corpus(
+        tmp_path / "out", cache_dir=tmp_path / "cache", stdlib_root=fake_stdlib, log=lambda _: None
+    )
     assert m["sources"]["pydocs"]["available"] is True and m["sources"]["pydocs"]["documents"] == 2
 
 
 def test_cli_unknown_name_exits_2():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-m", "dlm.cli", "data", "prepare", "rust"], capture_output=True,
-                       text=True, env=env, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "dlm.cli", "data", "prepare", "rust"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert "NAME" in p.stderr and "python" in p.stderr

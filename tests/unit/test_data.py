@@ -78,8 +78,15 @@ def test_expand_sources_files_dirs_globs(tmp_path):
     (tmp_path / "a" / "__pycache__" / "x.txt").write_text("cache")
     (tmp_path / "b.txt").write_text("b")
     got = expand_sources([str(tmp_path / "a"), str(tmp_path / "*.txt"), str(tmp_path / "b.txt")])
-    assert got == sorted([tmp_path / "a" / "sub" / "README", tmp_path / "a" / "sub" / "y.md",
-                          tmp_path / "a" / "x.py", tmp_path / "b.txt"], key=str)
+    assert got == sorted(
+        [
+            tmp_path / "a" / "sub" / "README",
+            tmp_path / "a" / "sub" / "y.md",
+            tmp_path / "a" / "x.py",
+            tmp_path / "b.txt",
+        ],
+        key=str,
+    )
     got = expand_sources([str(tmp_path / "**" / "*.md")])
     assert got == [tmp_path / "a" / "sub" / "y.md"]
     got = expand_sources([str(tmp_path / "a")], exclude=["*/sub/*"])
@@ -126,8 +133,13 @@ def test_iter_documents_text_and_jsonl(tmp_path):
 
 @pytest.mark.parametrize(
     "line, match",
-    [("{bad json", "invalid JSON"), ('{"body": "x"}', "'text'"), ('{"text": 5}', "'text'"),
-     ('{"messages": [{"role": "user"}]}', "messages"), ("[1, 2]", "'text'")],
+    [
+        ("{bad json", "invalid JSON"),
+        ('{"body": "x"}', "'text'"),
+        ('{"text": 5}', "'text'"),
+        ('{"messages": [{"role": "user"}]}', "messages"),
+        ("[1, 2]", "'text'"),
+    ],
 )
 def test_bad_jsonl_line_names_file_and_line(tmp_path, line, match):
     p = write_jsonl(tmp_path / "bad.jsonl", [{"text": "ok"}, line])
@@ -277,7 +289,7 @@ def test_sft_dataset_prompt_lengths_and_eos_padding(tmp_path, tok):
         assert row[: len(prompt)] == prompt
         body = (prompt + answer)[:L]
         assert row[: len(body)] == body
-        assert row[len(body):] == [tok.eos_token_id] * (L - len(body))
+        assert row[len(body) :] == [tok.eos_token_id] * (L - len(body))
     assert len(tok.sft_example(examples[1]["messages"])[1]) > L  # the long answer was truncated
     b = train.batch([2, 0])
     assert b["input_ids"].shape == (2, L) and b["prompt_lengths"].dtype == torch.long

@@ -104,8 +104,9 @@ def test_sft_loss_never_masks_the_prompt_and_normalises_per_answer():
     g = torch.Generator().manual_seed(0)
     t = diff.sample_t(2, g)
     masked = seen == MASK
-    expected = sum(float(masked[b].sum()) * math.log(V - 1) / float(t[b]) / (6 - int(prompt_lengths[b]))
-                   for b in range(2)) / 2
+    expected = (
+        sum(float(masked[b].sum()) * math.log(V - 1) / float(t[b]) / (6 - int(prompt_lengths[b])) for b in range(2)) / 2
+    )
     assert float(out.loss) == pytest.approx(expected, rel=1e-5)
 
 
@@ -132,8 +133,9 @@ def test_log_likelihood_is_exact_for_uniform_model_and_seeded():
     V = 10
     model = FixedLogits(torch.zeros(16, 12, V))
     diff = MaskedDiffusion(DiffusionConfig(), mask_token_id=MASK)
-    ll = diff.log_likelihood(model, [4, 5, 6], [7, 8, 9, 4], mc_samples=16, batch_size=8,
-                             generator=torch.Generator().manual_seed(0))
+    ll = diff.log_likelihood(
+        model, [4, 5, 6], [7, 8, 9, 4], mc_samples=16, batch_size=8, generator=torch.Generator().manual_seed(0)
+    )
     assert ll == pytest.approx(-4 * math.log(V - 1), rel=1e-6)
     with pytest.raises(InputError, match="answer_ids"):
         diff.log_likelihood(model, [4], [], mc_samples=4)
@@ -150,8 +152,14 @@ def test_log_likelihood_prefers_the_answer_a_trained_model_predicts():
     assert good > bad
 
 
-@pytest.mark.parametrize("kw,field", [({"schedule": "quadratic"}, "schedule"), ({"eps": 0.0}, "eps"),
-                                      ({"random_length_prob": 2.0}, "random_length_prob")])
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        ({"schedule": "quadratic"}, "schedule"),
+        ({"eps": 0.0}, "eps"),
+        ({"random_length_prob": 2.0}, "random_length_prob"),
+    ],
+)
 def test_bad_diffusion_config_names_the_field(kw, field):
     with pytest.raises(ConfigError, match=field):
         DiffusionConfig(**kw)
@@ -164,8 +172,9 @@ def test_training_learns_to_use_context():
 
     torch.manual_seed(0)
     V = 40
-    model = Transformer(ModelConfig(vocab_size=V + 4, d_model=64, n_layers=2, n_heads=4, max_seq_len=64,
-                                    mask_token_id=MASK))
+    model = Transformer(
+        ModelConfig(vocab_size=V + 4, d_model=64, n_layers=2, n_heads=4, max_seq_len=64, mask_token_id=MASK)
+    )
     diff = MaskedDiffusion(DiffusionConfig(), mask_token_id=MASK)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
@@ -201,8 +210,12 @@ def test_fused_head_cross_entropy_matches_plain_logits(autocast):
     (gh, gw) = torch.autograd.grad(fused * 2.0, (h, w))
     with ctx:
         logits = (h @ w.t()).float()
-    ref = (torch.nn.functional.cross_entropy(logits.masked_fill(torch.arange(50) == MASK, float("-inf")), t,
-                                             reduction="none") * rw).sum()
+    ref = (
+        torch.nn.functional.cross_entropy(
+            logits.masked_fill(torch.arange(50) == MASK, float("-inf")), t, reduction="none"
+        )
+        * rw
+    ).sum()
     (rh, rw_) = torch.autograd.grad(ref * 2.0, (h, w))
     tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
     assert torch.allclose(fused, ref, **tol)

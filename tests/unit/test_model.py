@@ -95,8 +95,13 @@ def test_gqa_and_untied_head_run():
 
 @pytest.mark.parametrize(
     "kw,field",
-    [({"n_heads": 5}, "n_heads"), ({"attention": "sideways"}, "attention"), ({"n_kv_heads": 3}, "n_kv_heads"),
-     ({"mask_token_id": 99}, "mask_token_id"), ({"d_model": 0}, "d_model")],
+    [
+        ({"n_heads": 5}, "n_heads"),
+        ({"attention": "sideways"}, "attention"),
+        ({"n_kv_heads": 3}, "n_kv_heads"),
+        ({"mask_token_id": 99}, "mask_token_id"),
+        ({"d_model": 0}, "d_model"),
+    ],
 )
 def test_bad_config_names_the_field(kw, field):
     with pytest.raises(ConfigError, match=field):

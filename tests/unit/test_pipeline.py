@@ -17,9 +17,17 @@ def tok(tmp_path_factory):
 
 def _lm(tok, attention="bidirectional"):
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4, max_seq_len=128,
-                      attention=attention, mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = ModelConfig(
+        vocab_size=tok.vocab_size,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        max_seq_len=128,
+        attention=attention,
+        mask_token_id=tok.mask_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     return DiffusionLM(Transformer(cfg).eval(), tok, GenerationConfig(gen_length=16, steps=16, block_length=8))
 
 

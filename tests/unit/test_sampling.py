@@ -3,8 +3,15 @@ import torch
 
 from dlm.errors import ConfigError, InputError
 from dlm.model import Transformer
-from dlm.sampling import (POLICIES, GenerationConfig, RecordingStreamer, SuppressTokens, UnmaskPolicy, generate,
-                          register_policy)
+from dlm.sampling import (
+    POLICIES,
+    GenerationConfig,
+    RecordingStreamer,
+    SuppressTokens,
+    UnmaskPolicy,
+    generate,
+    register_policy,
+)
 
 from ..conftest import EOS, MASK, tiny_config
 
@@ -25,8 +32,9 @@ CONFIGS = [
     GenerationConfig(gen_length=16, steps=8, block_length=8, policy="margin"),
     GenerationConfig(gen_length=12, steps=6, policy="entropy"),
     GenerationConfig(gen_length=16, steps=8, block_length=8, temperature=1.0, seed=7),
-    GenerationConfig(gen_length=16, steps=16, block_length=4, temperature=0.7, top_p=0.9, top_k=20, seed=3,
-                     policy="random"),
+    GenerationConfig(
+        gen_length=16, steps=16, block_length=4, temperature=0.7, top_p=0.9, top_k=20, seed=3, policy="random"
+    ),
     GenerationConfig(gen_length=8, steps=8, cfg_scale=1.5),
 ]
 
@@ -146,7 +154,9 @@ def test_logits_processor_applies_before_choosing(model):
 
 def test_top_k_one_with_temperature_equals_greedy(model):
     greedy = generate(model, PROMPTS, GenerationConfig(gen_length=8, steps=8)).sequences
-    sampled = generate(model, PROMPTS, GenerationConfig(gen_length=8, steps=8, temperature=2.0, top_k=1, seed=0)).sequences
+    sampled = generate(
+        model, PROMPTS, GenerationConfig(gen_length=8, steps=8, temperature=2.0, top_k=1, seed=0)
+    ).sequences
     assert greedy == sampled
 
 
@@ -160,8 +170,12 @@ def test_a_new_policy_is_one_small_class(model):
 
     try:
         st = RecordingStreamer()
-        generate(model, [PROMPTS[0]], GenerationConfig(gen_length=4, steps=4, policy="test_right_to_left",
-                                                       stop_at_eos=False), streamer=st)
+        generate(
+            model,
+            [PROMPTS[0]],
+            GenerationConfig(gen_length=4, steps=4, policy="test_right_to_left", stop_at_eos=False),
+            streamer=st,
+        )
         assert [ev.positions[0][0] for ev in st.events] == [6, 5, 4, 3]
     finally:
         POLICIES.pop("test_right_to_left")
@@ -169,9 +183,16 @@ def test_a_new_policy_is_one_small_class(model):
 
 @pytest.mark.parametrize(
     "kw,field",
-    [({"policy": "telepathy"}, "policy"), ({"steps": 0}, "steps"), ({"gen_length": 10, "block_length": 4}, "block_length"),
-     ({"gen_length": 16, "block_length": 4, "steps": 6}, "steps"), ({"temperature": -1.0}, "temperature"),
-     ({"top_p": 0.0}, "top_p"), ({"gen_length": 0}, "gen_length"), ({"steps": 64, "gen_length": 32}, "steps")],
+    [
+        ({"policy": "telepathy"}, "policy"),
+        ({"steps": 0}, "steps"),
+        ({"gen_length": 10, "block_length": 4}, "block_length"),
+        ({"gen_length": 16, "block_length": 4, "steps": 6}, "steps"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"gen_length": 0}, "gen_length"),
+        ({"steps": 64, "gen_length": 32}, "steps"),
+    ],
 )
 def test_bad_generation_config_names_the_field(kw, field):
     with pytest.raises(ConfigError, match=field):
@@ -198,8 +219,12 @@ def test_a_policy_that_commits_nothing_still_finishes_every_block(model):
 
     try:
         st = RecordingStreamer()
-        out = generate(model, PROMPTS[:2], GenerationConfig(gen_length=16, steps=8, block_length=8,
-                                                            policy="test_lazy", stop_at_eos=False), streamer=st)
+        out = generate(
+            model,
+            PROMPTS[:2],
+            GenerationConfig(gen_length=16, steps=8, block_length=8, policy="test_lazy", stop_at_eos=False),
+            streamer=st,
+        )
         assert all(MASK not in c for c in out.canvases)
         assert all(len(p) >= 1 for ev in st.events for p in ev.positions)
     finally:

@@ -196,7 +196,9 @@ def test_train_from_texts_learns_multiline_tokens_and_rejects_empty():
     tok = train_tokenizer([], vocab_size=300, texts=[code])
     ids = tok.encode(code)
     assert tok.decode(ids) == code
-    assert any("\n" in tok.decode([i]) and len(tok.decode([i]).strip(" \n")) == 0 and len(tok.decode([i])) > 1
-               for i in set(ids))  # a newline+indent token: documents are not cut at line ends
+    assert any(
+        "\n" in tok.decode([i]) and len(tok.decode([i]).strip(" \n")) == 0 and len(tok.decode([i])) > 1
+        for i in set(ids)
+    )  # a newline+indent token: documents are not cut at line ends
     with pytest.raises(InputError, match="texts"):
         train_tokenizer([], vocab_size=300, texts=["", ""])

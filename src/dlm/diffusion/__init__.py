@@ -4,6 +4,16 @@ from .masked import DiffusionConfig, LossOutput, MaskedDiffusion, align_logits, 
 from .schedules import SCHEDULES, CosineSchedule, LinearSchedule, LogLinearSchedule, Schedule, get_schedule
 
 __all__ = [
-    "SCHEDULES", "CosineSchedule", "DiffusionConfig", "LinearSchedule", "LogLinearSchedule", "LossOutput",
-    "MaskedDiffusion", "Schedule", "align_logits", "get_schedule", "masked_cross_entropy", "perplexity",
+    "SCHEDULES",
+    "CosineSchedule",
+    "DiffusionConfig",
+    "LinearSchedule",
+    "LogLinearSchedule",
+    "LossOutput",
+    "MaskedDiffusion",
+    "Schedule",
+    "align_logits",
+    "get_schedule",
+    "masked_cross_entropy",
+    "perplexity",
 ]

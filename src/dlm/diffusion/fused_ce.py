@@ -53,18 +53,26 @@ class _WeightedCE(torch.autograd.Function):
         return (grad_h * grad_out).to(hd), (grad_w * grad_out).to(wd), None, None, None, None, None
 
 
-def weighted_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                           row_weights: torch.Tensor, mask_token_id: int, chunk: int = 64) -> torch.Tensor:
+def weighted_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    row_weights: torch.Tensor,
+    mask_token_id: int,
+    chunk: int = 64,
+) -> torch.Tensor:
     """sum_i row_weights[i] * CE(hidden[i] @ weight.T, targets[i]), the mask token excluded (scalar)."""
     if hidden.shape[0] == 0:
         return (hidden.sum() + weight.sum()) * 0.0
-    return _WeightedCE.apply(hidden, weight, targets, row_weights, int(mask_token_id), int(chunk),
-                             _compute_dtype(hidden))
+    return _WeightedCE.apply(
+        hidden, weight, targets, row_weights, int(mask_token_id), int(chunk), _compute_dtype(hidden)
+    )
 
 
 @torch.no_grad()
-def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          mask_token_id: int, chunk: int = 64) -> torch.Tensor:
+def chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mask_token_id: int, chunk: int = 64
+) -> torch.Tensor:
     """Per-row CE (M,) float32, computed chunk by chunk (no gradients)."""
     cd = _compute_dtype(hidden)
     hc, wc = hidden.to(cd), weight.to(cd)

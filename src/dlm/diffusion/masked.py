@@ -130,7 +130,9 @@ class MaskedDiffusion:
         if weight is not None and self.fused:
             rows = masked.nonzero()[:, 0]
             h = self._masked_hidden(model, xt, masked, attention_mask)
-            return weighted_cross_entropy(h, weight, x0[masked], row_weight[rows], self.mask_token_id), int(rows.numel())
+            return weighted_cross_entropy(h, weight, x0[masked], row_weight[rows], self.mask_token_id), int(
+                rows.numel()
+            )
         ce, rows = self.masked_ce(model, xt, x0, masked, attention_mask)
         return (ce * row_weight[rows]).sum(), int(rows.numel())
 
@@ -143,7 +145,10 @@ class MaskedDiffusion:
 
     def loss(self, model, input_ids, attention_mask=None, generator=None) -> LossOutput:
         """Pre-training ELBO loss on packed sequences (attention_mask marks real tokens, optional)."""
-        if self.config.random_length_prob > 0 and _rand((1,), generator, input_ids.device).item() < self.config.random_length_prob:
+        if (
+            self.config.random_length_prob > 0
+            and _rand((1,), generator, input_ids.device).item() < self.config.random_length_prob
+        ):
             dev = generator.device if generator is not None else input_ids.device
             new_len = int(torch.randint(1, input_ids.shape[1] + 1, (1,), generator=generator, device=dev).item())
             input_ids = input_ids[:, :new_len]
@@ -152,8 +157,9 @@ class MaskedDiffusion:
         maskable = attention_mask.bool() if attention_mask is not None else None
         xt, masked = self.add_noise(input_ids, t, generator, maskable)
         num_tokens = int(maskable.sum()) if maskable is not None else input_ids.numel()
-        total, n_masked = self.weighted_masked_ce(model, xt, input_ids, masked, self.schedule.weight(t.float()),
-                                                  attention_mask)
+        total, n_masked = self.weighted_masked_ce(
+            model, xt, input_ids, masked, self.schedule.weight(t.float()), attention_mask
+        )
         return LossOutput(total / max(num_tokens, 1), num_tokens, n_masked)
 
     def sft_loss(self, model, input_ids, prompt_lengths, attention_mask=None, generator=None) -> LossOutput:
@@ -166,8 +172,9 @@ class MaskedDiffusion:
         t = self.sample_t(B, generator, input_ids.device)
         xt, masked = self.add_noise(input_ids, t, generator, answer)
         answer_len = answer.sum(1).clamp(min=1).float()
-        total, n_masked = self.weighted_masked_ce(model, xt, input_ids, masked,
-                                                  self.schedule.weight(t.float()) / answer_len, attention_mask)
+        total, n_masked = self.weighted_masked_ce(
+            model, xt, input_ids, masked, self.schedule.weight(t.float()) / answer_len, attention_mask
+        )
         return LossOutput(total / B, int(answer.sum()), n_masked)
 
     # ---- likelihood -------------------------------------------------------------------------
@@ -210,13 +217,13 @@ class MaskedDiffusion:
         while done < mc_samples:
             n = min(batch_size, mc_samples - done)
             x0 = seq[None].expand(n, -1).clone()
-            l = torch.randint(1, A + 1, (n,), generator=generator, device=dev).to(device)
+            n_mask = torch.randint(1, A + 1, (n,), generator=generator, device=dev).to(device)
             ranks = torch.rand((n, A), generator=generator, device=dev).to(device).argsort(1).argsort(1)
             masked = torch.zeros_like(x0, dtype=torch.bool)
-            masked[:, P:] = ranks < l[:, None]
+            masked[:, P:] = ranks < n_mask[:, None]
             xt = torch.where(masked, torch.full_like(x0, self.mask_token_id), x0)
             ce, rows = self.masked_ce(model, xt, x0, masked)
-            total += float((ce * A / l.float()[rows]).sum())
+            total += float((ce * A / n_mask.float()[rows]).sum())
             done += n
         return -total / mc_samples
 

@@ -38,27 +38,46 @@ def pack_texts(texts: list[str], tokenizer, seq_len: int, max_tokens: int = 0) -
 
 
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, *, diffusion_config: DiffusionConfig | None = None,
-               samples: int = 8, batch_size: int = 8, seed: int = 0) -> PerplexityResult:
+def perplexity(
+    model,
+    windows: torch.Tensor,
+    *,
+    diffusion_config: DiffusionConfig | None = None,
+    samples: int = 8,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> PerplexityResult:
     """Perplexity over fixed windows (N, L): exact next-token for causal models, else the Monte-Carlo
     ELBO bound with `samples` stratified t per window (deterministic for a seed)."""
     model.eval()
     device = next(model.parameters()).device
     causal = model.config.attention == "causal"
     gen = torch.Generator(device=device).manual_seed(seed)
-    diff = None if causal else MaskedDiffusion(diffusion_config or DiffusionConfig(), model.config.mask_token_id,
-                                               shift_logits=model.config.shift_logits)
+    diff = (
+        None
+        if causal
+        else MaskedDiffusion(
+            diffusion_config or DiffusionConfig(), model.config.mask_token_id, shift_logits=model.config.shift_logits
+        )
+    )
     nll, tokens = 0.0, 0
     for i in range(0, windows.shape[0], batch_size):
         ids = windows[i : i + batch_size].to(device)
         if causal:
             logits = model(ids).float()
-            nll += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                         reduction="sum"))
+            nll += float(
+                F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+            )
             tokens += ids[:, 1:].numel()
         else:
             nll += float(diff.elbo_nll(model, ids, samples, generator=gen).sum())
             tokens += ids.numel()
     per = nll / max(tokens, 1)
-    return PerplexityResult(math.exp(min(per, 50.0)), per, tokens, int(windows.shape[0]),
-                            "exact" if causal else "elbo", 0 if causal else samples)
+    return PerplexityResult(
+        math.exp(min(per, 50.0)),
+        per,
+        tokens,
+        int(windows.shape[0]),
+        "exact" if causal else "elbo",
+        0 if causal else samples,
+    )

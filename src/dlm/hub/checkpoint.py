@@ -24,8 +24,14 @@ INDEX_NAME = "model.safetensors.index.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
 MODEL_TYPE = "dlm"
 _META_KEYS = {"model_type", "architectures", "torch_dtype", "diffusion", "dlm_version", "transformers_version"}
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def parse_size(size: int | str) -> int:
@@ -98,7 +104,9 @@ def write_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_size: 
         names.append(fname)
         weight_map.update({k: fname for k in shard})
     total = sum(t.numel() * t.element_size() for t in state.values())
-    (folder / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (folder / INDEX_NAME).write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     return names + [INDEX_NAME]
 
 
@@ -199,10 +207,14 @@ def from_pretrained(path: str | Path, *, device="cpu", dtype=None) -> Transforme
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match config.json; missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(
+            f"{path}: weights do not match config.json; missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{path}: tensor {k} has shape {tuple(state[k].shape)}, config implies {tuple(v.shape)}")
+            raise CheckpointError(
+                f"{path}: tensor {k} has shape {tuple(state[k].shape)}, config implies {tuple(v.shape)}"
+            )
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.embed_tokens.weight

@@ -31,8 +31,14 @@ class Completion:
 class DiffusionLM:
     """model + tokenizer + generation_config (+ the diffusion settings it was trained with)."""
 
-    def __init__(self, model, tokenizer, generation_config: GenerationConfig | None = None,
-                 diffusion_config: DiffusionConfig | None = None, path: str | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        generation_config: GenerationConfig | None = None,
+        diffusion_config: DiffusionConfig | None = None,
+        path: str | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.generation_config = generation_config or GenerationConfig()
@@ -57,8 +63,14 @@ class DiffusionLM:
         return cls(model, tokenizer, gen, diff, str(path))
 
     def save_pretrained(self, out_dir, **kw):
-        return save_pretrained(self.model, out_dir, tokenizer=self.tokenizer, generation_config=self.generation_config,
-                               diffusion_config=self.diffusion_config, **kw)
+        return save_pretrained(
+            self.model,
+            out_dir,
+            tokenizer=self.tokenizer,
+            generation_config=self.generation_config,
+            diffusion_config=self.diffusion_config,
+            **kw,
+        )
 
     def make_config(self, config: GenerationConfig | None = None, **overrides) -> GenerationConfig:
         base = dataclasses.asdict(config or self.generation_config)
@@ -77,27 +89,45 @@ class DiffusionLM:
             base["steps"] = max(nb, base["steps"] - base["steps"] % nb)
         return GenerationConfig(**base)
 
-    def generate(self, prompts: str | list[str], config: GenerationConfig | None = None, *, streamer=None,
-                 suffixes: list[str] | None = None, **overrides) -> list[Completion]:
+    def generate(
+        self,
+        prompts: str | list[str],
+        config: GenerationConfig | None = None,
+        *,
+        streamer=None,
+        suffixes: list[str] | None = None,
+        **overrides,
+    ) -> list[Completion]:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         cfg = self.make_config(config, **overrides)
         ids = [self.tokenizer.encode(p) for p in prompts]
         sfx = [self.tokenizer.encode(s) for s in suffixes] if suffixes is not None else None
         if self.is_causal:  # the AR twin: left-to-right with a KV cache
             if suffixes is not None:
-                raise InputError("suffixes", "a causal (autoregressive) model cannot condition on a suffix; "
-                                             "use infill(..., prefix_only=True) for prefix-only completion")
+                raise InputError(
+                    "suffixes",
+                    "a causal (autoregressive) model cannot condition on a suffix; "
+                    "use infill(..., prefix_only=True) for prefix-only completion",
+                )
             out = generate_autoregressive(self.model, ids, cfg, streamer=streamer)
         else:
             out = generate(self.model, ids, cfg, suffixes=sfx, streamer=streamer)
         return [
-            Completion(p, self.tokenizer.decode(seq, skip_special_tokens=True), seq, out.nfe[i], out.steps[i],
-                       out.seconds, self.tokenizer.decode(out.canvases[i], skip_special_tokens=True))
+            Completion(
+                p,
+                self.tokenizer.decode(seq, skip_special_tokens=True),
+                seq,
+                out.nfe[i],
+                out.steps[i],
+                out.seconds,
+                self.tokenizer.decode(out.canvases[i], skip_special_tokens=True),
+            )
             for i, (p, seq) in enumerate(zip(prompts, out.sequences))
         ]
 
-    def infill(self, prefix: str, suffix: str, length: int, *, prefix_only: bool | None = None,
-               **overrides) -> Completion:
+    def infill(
+        self, prefix: str, suffix: str, length: int, *, prefix_only: bool | None = None, **overrides
+    ) -> Completion:
         """Fill `length` tokens between prefix and suffix. A causal model can only continue the prefix:
         pass prefix_only=True (the default for causal models) to get that, for contrast."""
         prefix_only = self.is_causal if prefix_only is None else prefix_only

@@ -62,7 +62,9 @@ class ModelConfig:
         if self.dim_head % 2:
             raise ConfigError("model.head_dim", f"RoPE needs an even head dimension, got {self.dim_head}")
         if self.n_heads % self.kv_heads:
-            raise ConfigError("model.n_kv_heads", f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.kv_heads}")
+            raise ConfigError(
+                "model.n_kv_heads", f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.kv_heads}"
+            )
         for name in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id"):
             v = getattr(self, name)
             if v is not None and not 0 <= v < self.vocab_size:

@@ -7,7 +7,19 @@ from .processors import LogitsProcessor, SuppressTokens, top_k_top_p_filter
 from .streamer import CallbackStreamer, RecordingStreamer, StepEvent, Streamer
 
 __all__ = [
-    "POLICIES", "CallbackStreamer", "GenerationConfig", "GenerationOutput", "LogitsProcessor",
-    "RecordingStreamer", "StepEvent", "StepInputs", "Streamer", "SuppressTokens", "UnmaskPolicy", "generate",
-    "get_policy", "register_policy", "top_k_top_p_filter",
+    "POLICIES",
+    "CallbackStreamer",
+    "GenerationConfig",
+    "GenerationOutput",
+    "LogitsProcessor",
+    "RecordingStreamer",
+    "StepEvent",
+    "StepInputs",
+    "Streamer",
+    "SuppressTokens",
+    "UnmaskPolicy",
+    "generate",
+    "get_policy",
+    "register_policy",
+    "top_k_top_p_filter",
 ]

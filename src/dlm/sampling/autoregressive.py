@@ -40,8 +40,10 @@ def generate_autoregressive(
         raise InputError("prompts", "autoregressive decoding needs at least one non-empty prompt")
     for i, p in enumerate(prompts):
         if max_length and len(p) + config.gen_length > max_length:
-            raise InputError(f"prompts[{i}]", f"prompt ({len(p)}) + gen_length ({config.gen_length}) exceeds the "
-                                              f"model's max_seq_len {max_length}")
+            raise InputError(
+                f"prompts[{i}]",
+                f"prompt ({len(p)}) + gen_length ({config.gen_length}) exceeds the model's max_seq_len {max_length}",
+            )
     device = next(model.parameters()).device
     t0 = time.perf_counter()
     B, P = len(prompts), max(len(p) for p in prompts)
@@ -49,8 +51,8 @@ def generate_autoregressive(
     ids = torch.full((B, P), pad_id, dtype=torch.long, device=device)
     attn = torch.zeros((B, P), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p, device=device)
-        attn[i, P - len(p):] = 1
+        ids[i, P - len(p) :] = torch.tensor(p, device=device)
+        attn[i, P - len(p) :] = 1
     gens = _row_generators(B, config.seed, device)
     cache = KVCache()
     logits = model(ids, attention_mask=attn, cache=cache, logits_index=torch.full((B, 1), P - 1, device=device))
@@ -98,5 +100,6 @@ def generate_autoregressive(
             seq = seq[: seq.index(eos_id)]
         sequences.append(seq)
     canvases = [p + o for p, o in zip(prompts, out)]
-    return GenerationOutput(sequences, canvases, nfe, [len(o) for o in out], time.perf_counter() - t0,
-                            [d for d in done])
+    return GenerationOutput(
+        sequences, canvases, nfe, [len(o) for o in out], time.perf_counter() - t0, [d for d in done]
+    )

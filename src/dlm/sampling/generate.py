@@ -163,8 +163,11 @@ def generate(
             model_idx = (a_idx - 1).clamp(min=0) if shift else a_idx
             if config.cfg_scale > 0:
                 x_un = x.masked_fill(prompt_tokens[rows_t], mask_id)
-                both = model(torch.cat([x, x_un]), attention_mask=torch.cat([am, am]),
-                             logits_index=torch.cat([model_idx, model_idx])).float()
+                both = model(
+                    torch.cat([x, x_un]),
+                    attention_mask=torch.cat([am, am]),
+                    logits_index=torch.cat([model_idx, model_idx]),
+                ).float()
                 cond, uncond = both.chunk(2)
                 logits = uncond + (config.cfg_scale + 1.0) * (cond - uncond)
             else:
@@ -190,8 +193,13 @@ def generate(
             k = c0 // spb + (i < c0 % spb).long()
             k = torch.minimum(k.clamp(min=1), remaining) if i < spb - 1 else remaining
             s = StepInputs(
-                logits=logits, probs=probs, x0=x0, x0_prob=x0_prob, candidates=cand, num_to_commit=k,
-                uniform=lambda: _per_row_uniform(gens, rows, a_valid, (), device),
+                logits=logits,
+                probs=probs,
+                x0=x0,
+                x0_prob=x0_prob,
+                candidates=cand,
+                num_to_commit=k,
+                uniform=lambda rows=rows, a_valid=a_valid: _per_row_uniform(gens, rows, a_valid, (), device),
             )
             commit = policy(s) & cand
             if i == spb - 1:  # the block's last step commits whatever a policy left masked
@@ -215,9 +223,13 @@ def generate(
                 for r in filled:
                     finished_early[r] = True
             if streamer is not None:
-                cpos = [[int(a_idx[j, q]) - int(pads[r]) for q in torch.nonzero(commit[j]).flatten().tolist()]
-                        for j, r in enumerate(rows)]
-                ctok = [[int(x0[j, q]) for q in torch.nonzero(commit[j]).flatten().tolist()] for j, r in enumerate(rows)]
+                cpos = [
+                    [int(a_idx[j, q]) - int(pads[r]) for q in torch.nonzero(commit[j]).flatten().tolist()]
+                    for j, r in enumerate(rows)
+                ]
+                ctok = [
+                    [int(x0[j, q]) for q in torch.nonzero(commit[j]).flatten().tolist()] for j, r in enumerate(rows)
+                ]
                 masked = [(torch.nonzero(canvas[r] == mask_id).flatten() - pads[r]).tolist() for r in rows]
                 streamer.on_step(StepEvent(step_counter, b, rows, cpos, ctok, masked, finished))
             step_counter += 1

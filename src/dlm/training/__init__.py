@@ -4,5 +4,14 @@ from .config import LoopConfig, OptimConfig, RunConfig, TokenizerConfig, load_ru
 from .data import BatchIterator, DataConfig, build_dataset
 from .trainer import Trainer
 
-__all__ = ["BatchIterator", "DataConfig", "LoopConfig", "OptimConfig", "RunConfig", "TokenizerConfig", "Trainer",
-           "build_dataset", "load_run_config"]
+__all__ = [
+    "BatchIterator",
+    "DataConfig",
+    "LoopConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TokenizerConfig",
+    "Trainer",
+    "build_dataset",
+    "load_run_config",
+]

@@ -55,8 +55,10 @@ def rng_state(noise_gen: torch.Generator) -> tuple[dict[str, torch.Tensor], dict
             tensors[f"cuda_{i}"] = s
     py = random.getstate()
     np_state = np.random.get_state()
-    meta = {"python": [py[0], list(py[1]), py[2]],
-            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    meta = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
     return tensors, meta
 
 
@@ -73,12 +75,14 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict, noise_gen: torch
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, noise_gen, state: dict,
-                    keep: int = 2) -> Path:
+def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, noise_gen, state: dict, keep: int = 2) -> Path:
     root = Path(root)
     final = root / f"step_{step:08d}"
-    model_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-                   if not (k == "lm_head.weight" and model.config.tie_embeddings)}
+    model_state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if not (k == "lm_head.weight" and model.config.tie_embeddings)
+    }
     opt_tensors, opt_meta = _flatten_optimizer(optimizer)
     rng_tensors, rng_meta = rng_state(noise_gen)
     with _atomic_dir(final) as tmp:
@@ -117,12 +121,15 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, noise_gen) -> dict:
     try:
         missing, unexpected = model.load_state_dict(model_state, strict=False)
     except RuntimeError as e:  # shape mismatch: the run config's model differs from the checkpoint's
-        raise CheckpointError(f"{path}: the checkpoint's weights do not fit the configured model ({e}); "
-                              "resume with the model settings the run was started with") from None
+        raise CheckpointError(
+            f"{path}: the checkpoint's weights do not fit the configured model ({e}); "
+            "resume with the model settings the run was started with"
+        ) from None
     missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_embeddings)]
     if missing or unexpected:
-        raise CheckpointError(f"{path}: model weights do not match the config; missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
+        raise CheckpointError(
+            f"{path}: model weights do not match the config; missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     device = next(model.parameters()).device
     opt_sd = _unflatten_optimizer({k: v.to(device) for k, v in opt_tensors.items()}, state["optimizer"])
     optimizer.load_state_dict(opt_sd)

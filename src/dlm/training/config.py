@@ -63,8 +63,15 @@ class LoopConfig:
         check_choice("train.objective", self.objective, ("diffusion", "ar"))
         check_choice("train.dtype", self.dtype, ("bf16", "fp32"))
         check_choice("train.device", self.device, ("auto", "cpu", "cuda", "mps"))
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_batches", "eval_samples", "log_every",
-                     "keep_checkpoints"):
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_batches",
+            "eval_samples",
+            "log_every",
+            "keep_checkpoints",
+        ):
             check_positive(f"train.{name}", getattr(self, name))
         for name in ("eval_every", "save_every", "threads"):
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)

@@ -1,4 +1,4 @@
-"""Training data: source expansion, document reading, cached tokenisation, datasets and batching.
+"""Training data: cached tokenisation, datasets and batching (sources and documents: documents.py).
 
 Documents are tokenised once into memory-mapped shards under a cache folder:
 ``train.bin``/``valid.bin`` (raw uint16/uint32 tokens) plus, for SFT, ``{split}.prompt_lengths.npy``,
@@ -8,33 +8,37 @@ and ``meta.json`` (written last) whose fingerprint decides whether the cache can
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-import glob
 import hashlib
 import itertools
 import json
 import logging
 import os
-import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
+from .documents import (  # noqa: F401  (document functions are re-exported: the public data API)
+    SKIP_DIRS,
+    TABLE_BUILDERS,
+    TEXT_SUFFIXES,
+    Doc,
+    _doc_bytes,
+    _hash_unit,
+    document_texts,
+    expand_sources,
+    iter_documents,
+    split_of,
+)
 
 log = logging.getLogger(__name__)
 
 TASKS = ("pretrain", "sft")
-TEXT_SUFFIXES = {".txt", ".py", ".md", ".rst", ".jsonl", ".json", ".csv", ".parquet", ".arrow", ""}
-TABLE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow", ".json": "json"}
-SKIP_DIRS = {"__pycache__", "site-packages", "dist-packages", "node_modules"}
 CACHE_VERSION = 1
 _ENCODE_CHUNK = 256
-
-Doc = tuple[str, "str | list[dict]"]
 
 
 @dataclass
@@ -71,183 +75,8 @@ class DataConfig:
 
 
 # ---- sources ----------------------------------------------------------------------------------
-def _expand_pattern(pattern: str) -> str:
-    if "{stdlib}" in pattern:
-        pattern = pattern.replace("{stdlib}", sysconfig.get_paths()["stdlib"])
-    return os.path.expanduser(pattern)
 
 
-def _walk_dir(root: Path) -> Iterator[Path]:
-    """Text-like files under root, skipping hidden entries, caches and installed packages."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS]
-        for name in filenames:
-            if name.startswith("."):
-                continue
-            p = Path(dirpath) / name
-            if p.suffix.lower() in TEXT_SUFFIXES:
-                yield p
-
-
-def _excluded(path: Path, exclude: Sequence[str]) -> bool:
-    full = os.path.abspath(path)
-    return any(fnmatch.fnmatch(full, pat) or fnmatch.fnmatch(str(path), pat) for pat in exclude)
-
-
-def expand_sources(patterns: list[str], field: str = "data.train", exclude: Iterable[str] = ()) -> list[Path]:
-    """Expand files, folders (recursive) and globs into a sorted, de-duplicated list of files.
-
-    A pattern that matches no file (after `exclude`) raises InputError(field, ...).
-    """
-    if isinstance(patterns, (str, Path)):
-        patterns = [str(patterns)]
-    exclude = [_expand_pattern(e) for e in exclude]
-    found: set[Path] = set()
-    for i, raw in enumerate(patterns):
-        pat = _expand_pattern(str(raw))
-        p = Path(pat)
-        if p.is_file():
-            candidates = [p]
-        elif p.is_dir():
-            candidates = list(_walk_dir(p))
-        else:
-            candidates = []
-            for m in glob.glob(pat, recursive=True):
-                mp = Path(m)
-                if mp.is_file():
-                    candidates.append(mp)
-                elif mp.is_dir():
-                    candidates.extend(_walk_dir(mp))
-        kept = [c for c in candidates if not _excluded(c, exclude)]
-        if not kept:
-            why = " (all matches were removed by data.exclude)" if candidates else ""
-            raise InputError(f"{field}[{i}]", f"{raw!r} matched no files{why}; give existing files, folders or globs")
-        found.update(kept)
-    return sorted(found, key=str)
-
-
-# ---- documents --------------------------------------------------------------------------------
-def _check_messages(where: str, messages) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
-        raise InputError(where, "field 'messages' must be a non-empty list of {'role', 'content'} objects")
-    for j, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise InputError(where, f"field 'messages'[{j}] must be an object with string 'role' and 'content'")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
-
-
-def _record_doc(where: str, rec, text_field: str):
-    """Text (str) or chat messages (list) from one jsonl line / table row; None if empty."""
-    if not isinstance(rec, dict):
-        got = type(rec).__name__
-        raise InputError(where, f"expected a JSON object with a {text_field!r} or 'messages' field, got {got}")
-    if rec.get(text_field) is not None:
-        text = rec[text_field]
-        if not isinstance(text, str):
-            raise InputError(where, f"field {text_field!r} must be a string, got {type(text).__name__}")
-        return text if text.strip() else None
-    if rec.get("messages") is not None:
-        return _check_messages(where, rec["messages"])
-    raise InputError(where, f"has neither a {text_field!r} string field nor a 'messages' list (keys: {sorted(rec)})")
-
-
-def _iter_jsonl(path: Path, text_field: str) -> Iterator[Doc]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(
-                    where,
-                    f"invalid JSON ({e.msg}); each line must be an object with a {text_field!r} or 'messages' field",
-                ) from None
-            doc = _record_doc(where, rec, text_field)
-            if doc is not None:
-                yield where, doc
-
-
-def _iter_table(path: Path, text_field: str) -> Iterator[Doc]:
-    try:
-        import datasets  # local files with a packaged builder: no network access
-    except ImportError:
-        raise InputError(
-            str(path), f"reading {path.suffix} files needs the optional 'datasets' package (pip install 'dlm[data]')"
-        ) from None
-
-    try:
-        ds = datasets.load_dataset(TABLE_BUILDERS[path.suffix.lower()], data_files=str(path), split="train")
-    except Exception as e:  # datasets raises many types for unreadable files
-        raise InputError(str(path), f"could not be read as {path.suffix} data ({type(e).__name__}: {e})") from None
-    cols = ds.column_names
-    if text_field not in cols and "messages" not in cols:
-        raise InputError(
-            str(path),
-            f"has no {text_field!r} or 'messages' column (columns: {cols}); set data.text_field or data.exclude",
-        )
-    keep = [c for c in (text_field, "messages") if c in cols]
-    for row_i, rec in enumerate(ds.select_columns(keep)):
-        where = f"{path}:{row_i + 1}"
-        doc = _record_doc(where, rec, text_field)
-        if doc is not None:
-            yield where, doc
-
-
-def _iter_text(path: Path) -> Iterator[Doc]:
-    data = path.read_bytes()
-    if b"\x00" in data[:8192]:
-        log.info("skipping binary file %s", path)
-        return
-    text = data.decode("utf-8", errors="replace")
-    if text.strip():
-        yield str(path), text
-
-
-def iter_documents(paths: Iterable[str | Path], text_field: str = "text") -> Iterator[Doc]:
-    """Yield (doc_id, text | messages) in file order; doc ids are `path` or `path:line`."""
-    for path in map(Path, paths):
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            yield from _iter_jsonl(path, text_field)
-        elif suffix in TABLE_BUILDERS:
-            yield from _iter_table(path, text_field)
-        else:
-            yield from _iter_text(path)
-
-
-def document_texts(paths, text_field: str = "text", max_bytes: int = 0) -> Iterator[str]:
-    """The texts of documents (chat messages' contents one by one), e.g. to train a tokenizer on what the
-    model will read rather than on raw JSONL bytes; stops after about max_bytes (0 = no cap)."""
-    total = 0
-    for _, doc in iter_documents(paths, text_field):
-        parts = [doc] if isinstance(doc, str) else [m.get("content", "") for m in doc]
-        for t in parts:
-            if t:
-                total += len(t.encode("utf-8", errors="replace"))
-                yield t
-        if max_bytes and total >= max_bytes:
-            return
-
-
-def split_of(doc_id: str, valid_fraction: float, seed: int) -> str:
-    """'train' or 'valid' from a stable hash of doc_id and seed."""
-    return "valid" if _hash_unit(doc_id, seed) < valid_fraction else "train"
-
-
-def _hash_unit(doc_id: str, seed: int) -> float:
-    h = hashlib.sha1(f"{doc_id}\x00{seed}".encode("utf-8", errors="replace")).digest()
-    return int.from_bytes(h[:8], "big") / 2.0**64
-
-
-def _doc_bytes(doc) -> int:
-    if isinstance(doc, str):
-        return len(doc.encode("utf-8", errors="replace"))
-    return sum(len(m["content"].encode("utf-8", errors="replace")) for m in doc)
-
-
-# ---- datasets ---------------------------------------------------------------------------------
 def _open_tokens(path: Path, dtype: str, count: int) -> np.ndarray:
     if count == 0:
         return np.zeros(0, dtype=dtype)
@@ -470,8 +299,14 @@ def _build_cache(cfg: DataConfig, tokenizer, cache: Path, train_paths, valid_pat
             if cfg.task == "sft":
                 del tw.prompt_lengths[doc_index]
                 vw.prompt_lengths.append(plen)
-        meta = {"version": CACHE_VERSION, "fingerprint": fp, "task": cfg.task, "seq_len": cfg.seq_len,
-                "dtype": dtype, "vocab_size": int(tokenizer.vocab_size)}
+        meta = {
+            "version": CACHE_VERSION,
+            "fingerprint": fp,
+            "task": cfg.task,
+            "seq_len": cfg.seq_len,
+            "dtype": dtype,
+            "vocab_size": int(tokenizer.vocab_size),
+        }
         for s, w in writers.items():
             w.finish()
             meta[s] = {"num_tokens": w.num_tokens, "docs": w.docs}

@@ -63,12 +63,14 @@ class Trainer:
         torch.manual_seed(config.train.seed)
         self.model = Transformer(self.model_config).to(self.device)
         self.forward_model = torch.compile(self.model) if config.train.compile else self.model
-        self.diffusion = MaskedDiffusion(config.diffusion, self.model_config.mask_token_id,
-                                         shift_logits=self.model_config.shift_logits)
+        self.diffusion = MaskedDiffusion(
+            config.diffusion, self.model_config.mask_token_id, shift_logits=self.model_config.shift_logits
+        )
         self.optimizer = self._optimizer()
         o = config.optim
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_lambda(s, o.warmup_steps, config.train.max_steps, o.min_lr_ratio))
+            self.optimizer, lambda s: lr_lambda(s, o.warmup_steps, config.train.max_steps, o.min_lr_ratio)
+        )
         self.noise_gen = torch.Generator(device=self.device).manual_seed(config.train.seed + 1)
         self.batches = BatchIterator(self.train_data, config.train.batch_size, seed=config.data.seed)
         self.step = 0
@@ -93,8 +95,10 @@ class Trainer:
         if (tok_dir / "tokenizer.json").is_file():
             return DLMTokenizer.from_dir(tok_dir)
         files = expand_sources(self.cfg.data.train, "data.train", self.cfg.data.exclude)
-        self.log(f"training a {tc.vocab_size}-token BPE on {len(files)} files (up to {tc.max_train_bytes / 1e6:.0f} MB "
-                 "of their text)")
+        self.log(
+            f"training a {tc.vocab_size}-token BPE on {len(files)} files (up to {tc.max_train_bytes / 1e6:.0f} MB "
+            "of their text)"
+        )
         texts = document_texts(files, self.cfg.data.text_field, tc.max_train_bytes)
         return train_tokenizer([], tc.vocab_size, out_dir=tok_dir, texts=texts)
 
@@ -103,13 +107,20 @@ class Trainer:
         attention = self.cfg.model.attention
         if self.cfg.train.objective == "ar":
             attention = "causal"
-        return replace(self.cfg.model, vocab_size=tok.vocab_size, mask_token_id=tok.mask_token_id,
-                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                       attention=attention, max_seq_len=max(self.cfg.model.max_seq_len, self.cfg.data.seq_len))
+        return replace(
+            self.cfg.model,
+            vocab_size=tok.vocab_size,
+            mask_token_id=tok.mask_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            attention=attention,
+            max_seq_len=max(self.cfg.model.max_seq_len, self.cfg.data.seq_len),
+        )
 
     def _optimizer(self):
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        for p in self.model.parameters():
             (decay if p.dim() >= 2 else no_decay).append(p)
         o = self.cfg.optim
         groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -127,8 +138,9 @@ class Trainer:
         if self.cfg.train.objective == "ar":
             return ar_loss(self.forward_model, ids)
         if "prompt_lengths" in batch:
-            return self.diffusion.sft_loss(self.forward_model, ids, batch["prompt_lengths"].to(self.device),
-                                           generator=generator or self.noise_gen).loss
+            return self.diffusion.sft_loss(
+                self.forward_model, ids, batch["prompt_lengths"].to(self.device), generator=generator or self.noise_gen
+            ).loss
         return self.diffusion.loss(self.forward_model, ids, generator=generator or self.noise_gen).loss
 
     @torch.no_grad()
@@ -144,12 +156,16 @@ class Trainer:
             with self.autocast():
                 if self.cfg.train.objective == "ar":
                     logits = self.model(ids).float()
-                    nll += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                 reduction="sum"))
+                    nll += float(
+                        F.cross_entropy(
+                            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+                        )
+                    )
                     tokens += ids[:, 1:].numel()
                 else:
-                    nll += float(self.diffusion.elbo_nll(self.model, ids, self.cfg.train.eval_samples,
-                                                         generator=gen).sum())
+                    nll += float(
+                        self.diffusion.elbo_nll(self.model, ids, self.cfg.train.eval_samples, generator=gen).sum()
+                    )
                     tokens += ids.numel()
         self.model.train()
         loss = nll / max(tokens, 1)
@@ -158,8 +174,16 @@ class Trainer:
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self) -> Path:
         state = {"data": self.batches.state_dict(), "tokens_seen": self.tokens_seen, "config": to_dict(self.cfg)}
-        return save_checkpoint(self.out / "checkpoints", self.step, self.model, self.optimizer, self.scheduler,
-                               self.noise_gen, state, keep=self.cfg.train.keep_checkpoints)
+        return save_checkpoint(
+            self.out / "checkpoints",
+            self.step,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.noise_gen,
+            state,
+            keep=self.cfg.train.keep_checkpoints,
+        )
 
     def resume(self, path: str | Path | None = None) -> bool:
         ckpt = Path(path) if path else latest_checkpoint(self.out / "checkpoints")
@@ -182,20 +206,32 @@ class Trainer:
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{ckpt}: unreadable trainer_state.json ({e})") from None
         now = to_dict(self.cfg)
-        changed = [f"{sec}.{k}" for sec in now if isinstance(now[sec], dict)
-                   for k in now[sec] if saved.get(sec, {}).get(k, now[sec][k]) != now[sec][k]]
+        changed = [
+            f"{sec}.{k}"
+            for sec in now
+            if isinstance(now[sec], dict)
+            for k in now[sec]
+            if saved.get(sec, {}).get(k, now[sec][k]) != now[sec][k]
+        ]
         fatal = [c for c in changed if c.split(".")[0] in ("model", "data", "tokenizer", "diffusion")]
         if fatal:
-            raise CheckpointError(f"{ckpt}: cannot resume with changed settings {', '.join(fatal)}; "
-                                  "use the run's original config (see run_config.json)")
+            raise CheckpointError(
+                f"{ckpt}: cannot resume with changed settings {', '.join(fatal)}; "
+                "use the run's original config (see run_config.json)"
+            )
         if changed:
             self.log(f"resuming with changed settings: {', '.join(changed)}")
 
     def export(self, out_dir: str | Path | None = None) -> Path:
         out_dir = Path(out_dir) if out_dir else self.out / "final"
         gen = self.cfg.generation
-        return save_pretrained(self.model, out_dir, tokenizer=self.tokenizer, generation_config=gen,
-                               diffusion_config=self.cfg.diffusion if self.cfg.train.objective == "diffusion" else None)
+        return save_pretrained(
+            self.model,
+            out_dir,
+            tokenizer=self.tokenizer,
+            generation_config=gen,
+            diffusion_config=self.cfg.diffusion if self.cfg.train.objective == "diffusion" else None,
+        )
 
     # ---- the loop ---------------------------------------------------------------------------
     def _metrics_writer(self):
