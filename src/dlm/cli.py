@@ -239,6 +239,86 @@ def eval_ppl(
     typer.echo(json.dumps(out) if as_json else f"perplexity {res.ppl:.3f} ({res.kind}) over {res.tokens} tokens")
 
 
+CODE_TASKS = ("complete", "infill-line", "infill-span")
+
+
+@eval_app.command("code")
+def eval_code(
+    model: Optional[str] = typer.Option(None, "--model"),
+    data: List[str] = typer.Option(..., "--data", help="Python source as text/JSONL files, folders or globs."),
+    task: str = typer.Option("complete", "--task", help="complete | infill-line | infill-span"),
+    n: int = typer.Option(100, "-n", help="Number of prompts / infilling tasks."),
+    seed: int = typer.Option(0, "--seed", help="Picks the functions and spans, and seeds sampling."),
+    gen_length: int = typer.Option(64, "--gen-length", help="Tokens per completion (task complete)."),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    block_length: Optional[int] = typer.Option(None, "--block-length", help="Task complete only."),
+    temperature: float = typer.Option(0.0, "--temperature"),
+    batch_size: int = typer.Option(8, "--batch-size", help="Task complete only."),
+    heal: bool = typer.Option(True, "--heal/--no-heal", help="Feed prompts without trailing whitespace."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Code quality on held-out Python functions: do completions of their signatures parse (complete), and
+    how well are removed lines / token spans filled in (infill-line, infill-span)."""
+    from .eval import code
+    from .training.data import expand_sources, iter_documents
+
+    try:
+        if task not in CODE_TASKS:
+            raise InputError("--task", f"got {task!r}; allowed: {', '.join(CODE_TASKS)}")
+        if n < 1:
+            raise InputError("-n", f"got {n}; must be >= 1")
+        texts = [d for _, d in iter_documents(expand_sources(data, "--data")) if isinstance(d, str)]
+        functions = code.extract_functions(texts)
+        if not functions:
+            raise InputError("--data", "no Python functions of 3-40 lines found (texts must parse as Python)")
+        lm = _load(model)
+        kind = "complete" if task == "complete" else "infill"
+        usable = code.fit_to_model(lm, functions, task=kind, gen_length=gen_length)
+        if not usable:
+            raise InputError("--data", f"no function fits the model's max_seq_len {lm.model.config.max_seq_len}")
+        if task == "complete":
+            res = code.evaluate_completion(
+                lm,
+                code.completion_tasks(usable, n, seed),
+                gen_length=gen_length,
+                steps=steps,
+                block_length=block_length,
+                temperature=temperature,
+                seed=seed,
+                batch_size=batch_size,
+                heal=heal,
+            )
+        else:
+            tasks = code.infill_tasks(usable, n, seed, task.removeprefix("infill-"))
+            res = code.evaluate_infill(lm, tasks, steps=steps, temperature=temperature, seed=seed, heal=heal)
+    except DLMError as e:
+        _fail(e)
+    settings = {"seed": seed, "temperature": temperature, "steps": steps, "heal": heal}
+    if task == "complete":
+        settings.update(gen_length=gen_length, block_length=block_length)
+    out = {
+        "model": model,
+        "task": task,
+        "causal": lm.is_causal,
+        "functions": len(functions),
+        "usable": len(usable),
+        **settings,
+        **res,
+    }
+    if as_json:
+        typer.echo(json.dumps(out))
+    elif task == "complete":
+        typer.echo(
+            f"{task}: {res['parse_rate']:.1%} of {res['n']} completions parse ({res['ended_rate']:.1%} ended; "
+            f"{res['nfe_mean']:.1f} NFE mean, {res['seconds']:.1f} s)"
+        )
+    else:
+        typer.echo(
+            f"{task}: exact match {res['exact_match']:.1%}, ast-valid {res['ast_valid']:.1%} over {res['n']} tasks "
+            f"({res['nfe_mean']:.1f} NFE mean, {res['seconds']:.1f} s)"
+        )
+
+
 @tok_app.command("train")
 def tokenizer_train(
     files: List[str] = typer.Argument(..., help="Text files, folders or globs."),
