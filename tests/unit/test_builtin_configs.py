@@ -1,0 +1,24 @@
+"""The built-in models' configs (issue 3): within the size limits, and twins in everything but attention."""
+
+from pathlib import Path
+
+from dlm.configs import to_dict
+from dlm.training import load_run_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
+
+
+def test_builtin_configs_are_twins_within_the_size_limits():
+    diff = load_run_config(CONFIGS / "builtin-diffusion.yaml")
+    ar = load_run_config(CONFIGS / "builtin-ar.yaml")
+    for cfg in (diff, ar):
+        n = cfg.model.num_parameters()
+        assert n <= 10_000_000 and 2 * n <= 20_000_000  # <= ~10M parameters, <= 20 MB in bf16
+    assert diff.model.attention == "bidirectional" and diff.train.objective == "diffusion"
+    assert ar.model.attention == "causal" and ar.train.objective == "ar"
+    a, b = to_dict(diff), to_dict(ar)
+    for section in ("data", "tokenizer", "optim"):
+        assert a[section] == b[section]
+    a["model"].pop("attention"), b["model"].pop("attention")
+    a["train"].pop("objective"), b["train"].pop("objective")
+    assert a["model"] == b["model"] and a["train"] == b["train"]
