@@ -39,3 +39,23 @@ def tiny_model():
 def _threads():
     torch.set_num_threads(2)
     yield
+
+
+def tiny_lm(tok, attention: str = "bidirectional", max_seq_len: int = 128, gen=None):
+    """A tiny random DiffusionLM on a real tokenizer (special ids from it), for pipeline-level tests."""
+    from dlm.hub import DiffusionLM
+    from dlm.sampling import GenerationConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=tok.vocab_size,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        max_seq_len=max_seq_len,
+        attention=attention,
+        mask_token_id=tok.mask_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return DiffusionLM(Transformer(cfg).eval(), tok, gen or GenerationConfig(gen_length=16, steps=16))

@@ -10,12 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from dlm.hub import DiffusionLM
-from dlm.model import ModelConfig, Transformer
-from dlm.sampling import GenerationConfig
 from dlm.tokenizer import train_tokenizer
+from ..conftest import tiny_lm
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -33,18 +30,7 @@ def setup(tmp_path_factory):
     data = tmp / "test.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     tok = train_tokenizer([], vocab_size=300, texts=texts)
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        vocab_size=tok.vocab_size,
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        max_seq_len=512,
-        mask_token_id=tok.mask_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    DiffusionLM(Transformer(cfg).eval(), tok, GenerationConfig(gen_length=16, steps=16)).save_pretrained(tmp / "m")
+    tiny_lm(tok, max_seq_len=512).save_pretrained(tmp / "m")
     return tmp / "m", data
 
 

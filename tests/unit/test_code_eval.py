@@ -2,7 +2,6 @@ import ast
 import textwrap
 
 import pytest
-import torch
 
 from dlm.errors import InputError
 from dlm.eval import (
@@ -15,10 +14,9 @@ from dlm.eval import (
     infill_tasks,
     signature,
 )
-from dlm.hub import Completion, DiffusionLM
-from dlm.model import ModelConfig, Transformer
-from dlm.sampling import GenerationConfig
+from dlm.hub import Completion
 from dlm.tokenizer import train_tokenizer
+from ..conftest import tiny_lm
 
 SOURCE = textwrap.dedent(
     '''\
@@ -137,19 +135,7 @@ def tok():
 
 
 def _lm(tok, attention="bidirectional"):
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        vocab_size=tok.vocab_size,
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        max_seq_len=256,
-        attention=attention,
-        mask_token_id=tok.mask_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return DiffusionLM(Transformer(cfg).eval(), tok, GenerationConfig(gen_length=16, steps=16))
+    return tiny_lm(tok, attention, max_seq_len=256)
 
 
 @pytest.mark.parametrize("attention", ["bidirectional", "causal"])

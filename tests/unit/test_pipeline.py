@@ -1,11 +1,9 @@
 import pytest
-import torch
 
 from dlm.errors import InputError
-from dlm.hub import DiffusionLM
-from dlm.model import ModelConfig, Transformer
 from dlm.sampling import GenerationConfig
 from dlm.tokenizer import train_tokenizer
+from ..conftest import tiny_lm
 
 
 @pytest.fixture(scope="module")
@@ -16,19 +14,7 @@ def tok(tmp_path_factory):
 
 
 def _lm(tok, attention="bidirectional"):
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        vocab_size=tok.vocab_size,
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        max_seq_len=128,
-        attention=attention,
-        mask_token_id=tok.mask_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return DiffusionLM(Transformer(cfg).eval(), tok, GenerationConfig(gen_length=16, steps=16, block_length=8))
+    return tiny_lm(tok, attention, gen=GenerationConfig(gen_length=16, steps=16, block_length=8))
 
 
 def test_masks_typed_into_the_prompt_are_filled_and_returned(tok):
