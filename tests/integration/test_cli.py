@@ -76,35 +76,9 @@ def test_generate_batch_json(trained):
 
 
 def test_generate_show_steps_and_seeded_sampling(trained):
-    a = dlm(
-        "generate",
-        "def f(",
-        "--model",
-        trained,
-        "--gen-length",
-        "16",
-        "--steps",
-        "16",
-        "--temperature",
-        "1.0",
-        "--seed",
-        "5",
-        "--show-steps",
-    )
-    b = dlm(
-        "generate",
-        "def f(",
-        "--model",
-        trained,
-        "--gen-length",
-        "16",
-        "--steps",
-        "16",
-        "--temperature",
-        "1.0",
-        "--seed",
-        "5",
-    )
+    args = ["generate", "def f(", "--model", trained, "--gen-length", 16, "--steps", 16, "--temperature", 1.0]
+    a = dlm(*args, "--seed", 5, "--show-steps")
+    b = dlm(*args, "--seed", 5)
     assert a.stdout == b.stdout and a.stdout.startswith("def f(")
 
 

@@ -237,15 +237,17 @@ def evaluate_completion(
             )
             rows.append({"prompt": p, "completion": text, "parses": function_body_parses(p, text), "ended": ended})
             nfe.append(o.nfe)
-    n = len(rows)
-    return {
-        "n": n,
-        "parse_rate": sum(r["parses"] for r in rows) / max(n, 1),
-        "ended_rate": sum(r["ended"] for r in rows) / max(n, 1),
-        "examples": [{k: r[k] for k in ("prompt", "completion", "parses")} for r in rows[:5]],
-        "seconds": time.perf_counter() - t0,
-        "nfe_mean": sum(nfe) / max(n, 1),
-    }
+    examples = [{k: r[k] for k in ("prompt", "completion", "parses")} for r in rows[:5]]
+    return _summary(rows, nfe, t0, {"parse_rate": "parses", "ended_rate": "ended"}, examples)
+
+
+def _summary(rows: list[dict], nfe: list[int], t0: float, rates: dict[str, str], examples: list[dict]) -> dict:
+    """n, each rate (share of rows whose boolean key is true), examples, wall seconds and mean NFE."""
+    n = max(len(rows), 1)
+    out: dict = {"n": len(rows)}
+    out.update({name: sum(r[key] for r in rows) / n for name, key in rates.items()})
+    out.update({"examples": examples, "seconds": time.perf_counter() - t0, "nfe_mean": sum(nfe) / n})
+    return out
 
 
 def _writes_code(fill: str) -> bool:
@@ -296,12 +298,4 @@ def evaluate_infill(
             }
         )
         nfe.append(o.nfe)
-    n = len(rows)
-    return {
-        "n": n,
-        "exact_match": sum(r["exact_match"] for r in rows) / max(n, 1),
-        "ast_valid": sum(r["ast_valid"] for r in rows) / max(n, 1),
-        "examples": rows[:5],
-        "seconds": time.perf_counter() - t0,
-        "nfe_mean": sum(nfe) / max(n, 1),
-    }
+    return _summary(rows, nfe, t0, {"exact_match": "exact_match", "ast_valid": "ast_valid"}, rows[:5])
