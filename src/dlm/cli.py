@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 
+from .builtin import BUILTIN_MODELS, DEFAULT_MODEL, resolve_model_path
 from .errors import DLMError, InputError
 from .sampling import Streamer
 
@@ -28,22 +29,25 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _require_model(model: Optional[str]) -> str:
-    if not model:
-        raise InputError("--model", "no model given; pass --model PATH (a dlm checkpoint folder)")
-    return model
+MODEL_HELP = "A dlm checkpoint folder, or a built-in model: builtin (diffusion, default) or builtin-ar (its AR twin)."
 
 
-def _load(model: Optional[str]):
+def _model_option():
+    return typer.Option(DEFAULT_MODEL, "--model", help=MODEL_HELP)
+
+
+def _load(model: str):
     from .hub import load
 
-    return load(_require_model(model))
+    if not model:
+        raise InputError("--model", f"empty; pass a checkpoint folder or one of {', '.join(BUILTIN_MODELS)}")
+    return load(model)
 
 
 @app.command()
 def generate(
     prompts: List[str] = typer.Argument(..., help="One or more prompts; several prompts run as one batch."),
-    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint folder."),
+    model: str = _model_option(),
     gen_length: Optional[int] = typer.Option(None, "--gen-length"),
     steps: Optional[int] = typer.Option(None, "--steps"),
     block_length: Optional[int] = typer.Option(None, "--block-length"),
@@ -153,7 +157,7 @@ def infill(
     prefix: str = typer.Option(..., "--prefix"),
     suffix: str = typer.Option(..., "--suffix"),
     length: int = typer.Option(..., "--length", help="Number of tokens to fill between prefix and suffix."),
-    model: Optional[str] = typer.Option(None, "--model"),
+    model: str = _model_option(),
     steps: Optional[int] = typer.Option(None, "--steps"),
     temperature: Optional[float] = typer.Option(None, "--temperature"),
     seed: Optional[int] = typer.Option(None, "--seed"),
@@ -203,7 +207,7 @@ def train(
 
 @eval_app.command("ppl")
 def eval_ppl(
-    model: Optional[str] = typer.Option(None, "--model"),
+    model: str = _model_option(),
     data: List[str] = typer.Option(..., "--data", help="Text/JSONL files, folders or globs."),
     seq_len: int = typer.Option(256, "--seq-len"),
     samples: int = typer.Option(8, "--samples", help="Monte-Carlo t samples per window (diffusion)."),
@@ -244,7 +248,7 @@ CODE_TASKS = ("complete", "infill-line", "infill-span")
 
 @eval_app.command("code")
 def eval_code(
-    model: Optional[str] = typer.Option(None, "--model"),
+    model: str = _model_option(),
     data: List[str] = typer.Option(..., "--data", help="Python source as text/JSONL files, folders or globs."),
     task: str = typer.Option("complete", "--task", help="complete | infill-line | infill-span"),
     n: int = typer.Option(100, "-n", help="Number of prompts / infilling tasks."),
@@ -252,7 +256,8 @@ def eval_code(
     gen_length: int = typer.Option(64, "--gen-length", help="Tokens per completion (task complete)."),
     steps: Optional[int] = typer.Option(None, "--steps"),
     block_length: Optional[int] = typer.Option(None, "--block-length", help="Task complete only."),
-    temperature: float = typer.Option(0.0, "--temperature"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default: the model's."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Unmask policy. Default: the model's."),
     batch_size: int = typer.Option(8, "--batch-size", help="Task complete only."),
     heal: bool = typer.Option(True, "--heal/--no-heal", help="Feed prompts without trailing whitespace."),
     as_json: bool = typer.Option(False, "--json"),
@@ -287,13 +292,23 @@ def eval_code(
                 seed=seed,
                 batch_size=batch_size,
                 heal=heal,
+                policy=policy,
             )
         else:
             tasks = code.infill_tasks(usable, n, seed, task.removeprefix("infill-"))
-            res = code.evaluate_infill(lm, tasks, steps=steps, temperature=temperature, seed=seed, heal=heal)
+            res = code.evaluate_infill(
+                lm, tasks, steps=steps, temperature=temperature, seed=seed, heal=heal, policy=policy
+            )
     except DLMError as e:
         _fail(e)
-    settings = {"seed": seed, "temperature": temperature, "steps": steps, "heal": heal}
+    g = lm.generation_config
+    settings = {
+        "seed": seed,
+        "temperature": g.temperature if temperature is None else temperature,
+        "policy": g.policy if policy is None else policy,
+        "steps": steps,
+        "heal": heal,
+    }
     if task == "complete":
         settings.update(gen_length=gen_length, block_length=block_length)
     out = {
@@ -337,20 +352,21 @@ def tokenizer_train(
 
 
 @app.command()
-def info(path: str = typer.Argument(..., help="Checkpoint folder."), as_json: bool = typer.Option(False, "--json")):
+def info(path: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP), as_json: bool = typer.Option(False, "--json")):
     """Show a checkpoint's config, parameter count, tokenizer and special ids."""
     from .configs import to_dict
     from .hub import load_model_config, load_state_dict
 
     try:
-        cfg, raw = load_model_config(path)
-        state = load_state_dict(path)
+        folder = resolve_model_path(path)
+        cfg, raw = load_model_config(folder)
+        state = load_state_dict(folder)
         n_params = sum(t.numel() for t in state.values())
         tok_info = {}
-        if (Path(path) / "tokenizer.json").is_file():
+        if (folder / "tokenizer.json").is_file():
             from .tokenizer import DLMTokenizer
 
-            tok = DLMTokenizer.from_dir(path)
+            tok = DLMTokenizer.from_dir(folder)
             tok_info = {"vocab_size": tok.vocab_size, "special_ids": tok.special_ids}
     except DLMError as e:
         _fail(e)

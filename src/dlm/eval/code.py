@@ -209,14 +209,16 @@ def evaluate_completion(
     gen_length: int = 64,
     steps: int | None = None,
     block_length: int | None = None,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     seed: int = 0,
     batch_size: int = 8,
     heal: bool = True,
+    **sampling,
 ) -> dict:
     """Complete each signature and count the completions that parse (function_body_parses). `ended_rate` is
     the share whose function visibly ended (a zero-indent line, or EOS before gen_length): completions cut off
-    by gen_length usually do not parse, so read parse_rate next to it."""
+    by gen_length usually do not parse, so read parse_rate next to it. `sampling`: other generation settings
+    (policy, top_p, ...)."""
     rows, nfe = [], []
     t0 = time.perf_counter()
     for i in range(0, len(prompts), batch_size):
@@ -229,6 +231,7 @@ def evaluate_completion(
             block_length=block_length,
             temperature=temperature,
             seed=seed,
+            **sampling,
         )
         for p, (_, ws), o in zip(batch, fed, outs):
             text = o.text[len(ws) :] if ws and o.text.startswith(ws) else o.text
@@ -268,9 +271,10 @@ def evaluate_infill(
     tasks: list[InfillTask],
     *,
     steps: int | None = None,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     seed: int = 0,
     heal: bool = True,
+    **sampling,
 ) -> dict:
     """Fill each task and score exact match (stripped fill == stripped target) and whether prefix + fill + suffix
     parses (a fill that is blank or only comments never counts: deleting a line often leaves valid code).
@@ -285,7 +289,7 @@ def evaluate_infill(
         prefix, ws = _heal(t.prefix, heal)
         length = len(lm.tokenizer.encode(ws + t.target, parse_special=False))
         kw = {"steps": min(steps, length)} if steps else {}
-        o = lm.infill(prefix, t.suffix, length, seed=seed, temperature=temperature, **kw)
+        o = lm.infill(prefix, t.suffix, length, seed=seed, temperature=temperature, **kw, **sampling)
         fill = _first_line(o.text, "\n" in ws) if lm.is_causal else o.text
         rows.append(
             {

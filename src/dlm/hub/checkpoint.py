@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..builtin import resolve_model_path
 from ..configs import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError
 from ..model import ModelConfig, Transformer
@@ -153,7 +154,7 @@ def _read_json(path: Path) -> dict:
 
 
 def load_model_config(path: str | Path) -> tuple[ModelConfig, dict]:
-    path = Path(path)
+    path = resolve_model_path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint folder")
     raw = _read_json(path / CONFIG_NAME)
@@ -183,7 +184,7 @@ def load_state_dict(path: str | Path, device="cpu", dtype=None) -> dict[str, tor
     """Read every tensor of a folder (mmap through safetensors). Corrupt files raise CheckpointError."""
     dtype = resolve_dtype(dtype)
     state = {}
-    for f in weight_files(Path(path)):
+    for f in weight_files(resolve_model_path(path)):
         if not f.is_file():
             raise CheckpointError(f"{f}: missing weight shard listed in the index")
         try:
@@ -198,7 +199,7 @@ def load_state_dict(path: str | Path, device="cpu", dtype=None) -> dict[str, tor
 
 def from_pretrained(path: str | Path, *, device="cpu", dtype=None) -> Transformer:
     """Build the Transformer from a dlm folder; every missing, unexpected or misshapen tensor is named."""
-    path = Path(path)
+    path = resolve_model_path(path)
     config, _ = load_model_config(path)
     state = load_state_dict(path, device=device, dtype=dtype)
     with torch.device("meta"):

@@ -14,6 +14,7 @@ from ..diffusion import DiffusionConfig
 from ..errors import CheckpointError, ConfigError, InputError
 from ..sampling import GenerationConfig, generate
 from ..sampling.autoregressive import generate_autoregressive
+from ..builtin import resolve_model_path
 from .checkpoint import GENERATION_CONFIG_NAME, from_pretrained, load_model_config, save_pretrained
 
 
@@ -49,7 +50,7 @@ class DiffusionLM:
     def from_pretrained(cls, path: str | Path, *, device="cpu", dtype=None) -> "DiffusionLM":
         from ..tokenizer import DLMTokenizer
 
-        path = Path(path)
+        path = resolve_model_path(path)
         model = from_pretrained(path, device=device, dtype=dtype)
         _, raw = load_model_config(path)
         diff = DiffusionConfig(**raw["diffusion"]) if "diffusion" in raw else None

@@ -1,0 +1,74 @@
+"""Copy a finished training run into the package as a built-in model (bf16 safetensors + JSON).
+
+    python scripts/ship_builtin.py runs/builtin-diffusion python-diffusion
+    python scripts/ship_builtin.py runs/builtin-ar python-ar
+
+Writes src/dlm/builtin/NAME/ (config, weights in bf16, tokenizer, generation_config from the run) and
+training_summary.json: tokens seen, optimizer steps, step time, final train loss, held-out eval history,
+read from the run's metrics.jsonl (a resumed run appends; the last record of each step wins). Then choose the
+sampling defaults with `python benchmarks/choose_generation.py --model builtin[-ar] --write`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from dlm.builtin import HERE
+from dlm.hub import load
+
+LIMIT_BYTES = 20_000_000  # issue 3: <= 20 MB on disk
+
+
+def summarize(run: Path) -> dict:
+    by_step: dict[int, dict] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            by_step[rec["step"]] = rec
+    recs = [by_step[s] for s in sorted(by_step)]
+    cfg = json.loads((run / "run_config.json").read_text())
+    log_every = cfg["train"]["log_every"]
+    tokens_per_step = recs[-1]["tokens"] / recs[-1]["step"]
+    # each tok_s covers the log_every steps before it; their sum is the step time (no eval, no checkpointing)
+    step_seconds = sum(log_every * tokens_per_step / r["tok_s"] for r in recs if r.get("tok_s"))
+    last = recs[-100:]
+    evals = [
+        {"step": r["step"], "tokens": r["tokens"], "loss": round(r["eval_loss"], 4), "ppl": round(r["eval_ppl"], 2)}
+        for r in recs
+        if "eval_ppl" in r
+    ]
+    return {
+        "objective": cfg["train"]["objective"],
+        "steps": recs[-1]["step"],
+        "tokens": recs[-1]["tokens"],
+        "step_seconds": round(step_seconds),
+        "mean_tok_s": round(recs[-1]["tokens"] / step_seconds) if step_seconds else None,
+        "final_train_loss_mean_last_100": round(sum(r["loss"] for r in last) / len(last), 4),
+        "eval_history": evals,
+        "run_config": cfg,
+        "shipped": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path, help="run folder (with final/, metrics.jsonl, run_config.json)")
+    ap.add_argument("name", help="folder name under src/dlm/builtin")
+    a = ap.parse_args(argv)
+    lm = load(a.run / "final")
+    out = HERE / a.name
+    lm.save_pretrained(out, dtype="bf16")
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    if size > LIMIT_BYTES:
+        raise SystemExit(f"{out}: weights are {size / 1e6:.1f} MB > {LIMIT_BYTES / 1e6:.0f} MB")
+    (out / "training_summary.json").write_text(json.dumps(summarize(a.run), indent=2) + "\n")
+    print(f"shipped {a.run / 'final'} -> {out} ({size / 1e6:.2f} MB of weights)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""The built-in models that ship inside the package (issue 3; model card: docs/models.md).
+
+`python-diffusion` is a ~10M-parameter masked-diffusion LM trained here on Python's standard library and the
+Python documentation; `python-ar` is its autoregressive twin (same network with causal attention, same
+tokenizer, data, token budget and trainer). Both are plain dlm folders (bf16 safetensors + JSON) under this
+package, selected by name wherever a model path is accepted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# name -> folder under this package. `builtin` is the default model of the CLI.
+BUILTIN_MODELS = {
+    "builtin": "python-diffusion",
+    "builtin-diffusion": "python-diffusion",
+    "builtin-ar": "python-ar",
+}
+DEFAULT_MODEL = "builtin"
+
+
+def builtin_path(name: str) -> Path:
+    """The folder of a built-in model by name (KeyError for other names)."""
+    return HERE / BUILTIN_MODELS[name]
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A model argument as a folder: an existing path wins (as in `transformers`); otherwise a built-in name."""
+    p = Path(path)
+    if p.exists() or str(path) not in BUILTIN_MODELS:
+        return p
+    return builtin_path(str(path))
+
+
+__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "builtin_path", "resolve_model_path"]
