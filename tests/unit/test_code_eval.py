@@ -107,6 +107,12 @@ def test_function_body_parses():
     assert not function_body_parses(p, "   \n\n")
     assert not function_body_parses(p, "return x\n")  # not indented: the body is empty
     assert not function_body_parses(p, "    # only a comment\n")
+    # cut by the length budget: the partial last line is dropped, the complete lines are judged
+    assert function_body_parses(p, "    y = x + 1\n    return f(x", truncated=True)
+    assert not function_body_parses(p, "    y = x + 1\n    return f(x", truncated=False)
+    assert not function_body_parses(p, "    if x:\n        retu", truncated=True)  # open block at the cut
+    assert not function_body_parses(p, "    return f(", truncated=True)  # nothing complete
+    assert function_body_parses(p, "    return x\n\nprint(f(", truncated=True)  # ended: the rest is cut anyway
 
 
 @pytest.mark.parametrize("kind", ["line", "span"])
@@ -148,7 +154,10 @@ def test_evaluate_completion_end_to_end(tok, attention):
     assert {"n", "parse_rate", "ended_rate", "examples", "seconds", "nfe_mean"} <= set(res)
     assert res["n"] == 4 and 0 <= res["parse_rate"] <= 1 and 0 <= res["ended_rate"] <= 1
     assert [e["prompt"] for e in res["examples"]] == prompts
-    assert all(e["parses"] == function_body_parses(e["prompt"], e["completion"]) for e in res["examples"])
+    assert all(
+        e["parses"] == function_body_parses(e["prompt"], e["completion"], truncated=not e["ended"])
+        for e in res["examples"]
+    )
     assert res["nfe_mean"] >= 1
 
 

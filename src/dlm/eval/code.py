@@ -117,15 +117,20 @@ def completion_tasks(functions: list[str], n: int, seed: int) -> list[str]:
     return random.Random(seed).sample(sigs, min(n, len(sigs)))
 
 
-def function_body_parses(prompt: str, completion: str) -> bool:
+def function_body_parses(prompt: str, completion: str, *, truncated: bool = False) -> bool:
     """Whether prompt + completion parses, the completion cut where the function ends (at its first non-blank
-    line with zero indentation). An empty or whitespace-only body is invalid."""
-    body = []
+    line with zero indentation). An empty or whitespace-only body is invalid. `truncated`: the completion was
+    cut by the length budget; if the function has not ended, its last, possibly partial line is dropped and
+    the complete lines are judged (an open block or bracket at the cut still fails)."""
+    body, ended = [], False
     for line in re.split(r"(?<=\n)", completion):
         if line.strip() and not line[0].isspace():
+            ended = True
             break
         body.append(line)
     cut = "".join(body)
+    if truncated and not ended:
+        cut = cut[: cut.rfind("\n") + 1]
     if not cut.strip():
         return False
     return _parses(prompt + cut) or _parses(prompt + cut + "\n")
@@ -216,9 +221,9 @@ def evaluate_completion(
     **sampling,
 ) -> dict:
     """Complete each signature and count the completions that parse (function_body_parses). `ended_rate` is
-    the share whose function visibly ended (a zero-indent line, or EOS before gen_length): completions cut off
-    by gen_length usually do not parse, so read parse_rate next to it. `sampling`: other generation settings
-    (policy, top_p, ...)."""
+    the share whose function visibly ended (a zero-indent line, or EOS before gen_length); a completion cut off by
+    gen_length inside the function is judged on its complete lines (see function_body_parses). `sampling`:
+    other generation settings (policy, top_p, ...)."""
     rows, nfe = [], []
     t0 = time.perf_counter()
     for i in range(0, len(prompts), batch_size):
@@ -235,12 +240,12 @@ def evaluate_completion(
         )
         for p, (_, ws), o in zip(batch, fed, outs):
             text = o.text[len(ws) :] if ws and o.text.startswith(ws) else o.text
-            ended = len(o.tokens) < gen_length or any(
-                line.strip() and not line[0].isspace() for line in text.split("\n")
-            )
-            rows.append({"prompt": p, "completion": text, "parses": function_body_parses(p, text), "ended": ended})
+            truncated = len(o.tokens) >= gen_length
+            ended = not truncated or any(line.strip() and not line[0].isspace() for line in text.split("\n"))
+            parses = function_body_parses(p, text, truncated=truncated)
+            rows.append({"prompt": p, "completion": text, "parses": parses, "ended": ended})
             nfe.append(o.nfe)
-    examples = [{k: r[k] for k in ("prompt", "completion", "parses")} for r in rows[:5]]
+    examples = [{k: r[k] for k in ("prompt", "completion", "parses", "ended")} for r in rows[:5]]
     return _summary(rows, nfe, t0, {"parse_rate": "parses", "ended_rate": "ended"}, examples)
 
 
