@@ -27,3 +27,5 @@ for m in builtin builtin-ar; do
   "$DLM" generate "def fibonacci(n):" "def read_config(path):" "class Stack:" $'import os\n\n\ndef ' \
     --model "$m" --seed 0 --json | tee "$OUT/samples-$m.jsonl"
 done
+"$PY" scripts/model_card_tables.py "$OUT"   # the tables of docs/models.md
+"$PY" scripts/model_card_samples.py "$OUT"  # the samples of docs/models.md
