@@ -20,7 +20,8 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 def _chunk_logits(h_c: torch.Tensor, w: torch.Tensor, mask_token_id: int) -> torch.Tensor:
     logits = (h_c @ w.t()).float()
-    logits[:, mask_token_id] = float("-inf")  # SUBS: the mask token is never a prediction
+    if mask_token_id >= 0:  # SUBS: the mask token is never a prediction (-1: no token excluded, e.g. AR)
+        logits[:, mask_token_id] = float("-inf")
     return logits
 
 
@@ -58,15 +59,15 @@ def weighted_cross_entropy(
     weight: torch.Tensor,
     targets: torch.Tensor,
     row_weights: torch.Tensor,
-    mask_token_id: int,
+    mask_token_id: int | None,
     chunk: int = 64,
 ) -> torch.Tensor:
-    """sum_i row_weights[i] * CE(hidden[i] @ weight.T, targets[i]), the mask token excluded (scalar)."""
+    """sum_i row_weights[i] * CE(hidden[i] @ weight.T, targets[i]), the mask token excluded unless it is None
+    (scalar)."""
     if hidden.shape[0] == 0:
         return (hidden.sum() + weight.sum()) * 0.0
-    return _WeightedCE.apply(
-        hidden, weight, targets, row_weights, int(mask_token_id), int(chunk), _compute_dtype(hidden)
-    )
+    mask = -1 if mask_token_id is None else int(mask_token_id)
+    return _WeightedCE.apply(hidden, weight, targets, row_weights, mask, int(chunk), _compute_dtype(hidden))
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..configs import to_dict
 from ..diffusion import MaskedDiffusion
+from ..diffusion.fused_ce import weighted_cross_entropy
 from ..errors import CheckpointError, ConfigError
 from ..hub.checkpoint import save_pretrained
 from ..model import Transformer
@@ -44,8 +45,16 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def ar_loss(model, input_ids, attention_mask=None) -> torch.Tensor:
+    """Mean next-token cross-entropy. With a dlm Transformer the LM head and the cross-entropy run fused,
+    chunk by chunk, without the (B, L, V) logits (as the diffusion loss does)."""
+    targets = input_ids[:, 1:].reshape(-1)
+    weight = getattr(model, "head_weight", None)
+    if weight is not None:
+        h = model(input_ids, attention_mask=attention_mask, return_hidden=True)[:, :-1]
+        rw = torch.full((targets.numel(),), 1.0 / max(targets.numel(), 1), device=h.device)
+        return weighted_cross_entropy(h.reshape(-1, h.shape[-1]), weight, targets, rw, None)
     logits = model(input_ids, attention_mask=attention_mask)
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1))
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets)
 
 
 class Trainer:
