@@ -122,7 +122,7 @@ def test_tokenizer_train_command(tmp_path):
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["generate", "x"], "--model"),
+        (["generate", "x", "--model", ""], "--model"),
         (["generate", "x", "--model", "{m}", "--policy", "telepathy"], "policy"),
         (["generate", "x", "--model", "{m}", "--steps", "0"], "steps"),
         (["generate", "x", "--model", "{m}", "--gen-length", "10", "--block-length", "4"], "block_length"),
