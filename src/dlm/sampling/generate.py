@@ -134,7 +134,6 @@ def generate(
     runner = ModelRunner(model, config, mask_id, L, device)
     policy.reset(B, L, device)
     nb, spb = config.num_blocks, config.steps_per_block
-    ar_bl = torch.arange(bl, device=device)
     forwards_per_step = 2 if config.cfg_scale > 0 else 1
     eos_on = eos_id is not None and config.stop_at_eos
 
@@ -157,25 +156,19 @@ def generate(
         R = rid.numel()
         if R == 0:
             break
-        # active region of each row: its block (right-aligned in A); rows with in-text masks in block 0: the row
+        # active region of each row: its block; rows with in-text masks, during block 0: the block + those masks
         bs = st + blk * bl
         full = full_row & (blk == 0)
-        if bool(full.any()):
-            A = max(bl, L - int(pad[full].min()))
-            span = (L - A + torch.arange(A, device=device))[None].expand(R, A)
-            blockwise = (bs[:, None] - (A - bl) + torch.arange(A, device=device)[None]).clamp(min=0)
-            act = torch.where(full[:, None], span, blockwise)
-            in_block = (act >= bs[:, None]) & (act < (bs + bl)[:, None])
-            valid = torch.where(full[:, None], act >= pad[:, None], torch.arange(A, device=device)[None] >= A - bl)
-            region = valid & (in_block | (full[:, None] & tm.gather(1, act)))
-        else:
-            act = bs[:, None] + ar_bl[None]
-            valid = region = torch.ones_like(act, dtype=torch.bool)
-        cur = x.gather(1, act)
-        cand = (cur == mask_id) & region
-        remaining = cand.sum(1)
+        region = ((ar_L[None] >= bs[:, None]) & (ar_L[None] < (bs + bl)[:, None])) | (full[:, None] & tm)
+        region_masked = (x == mask_id) & region
+        remaining = region_masked.sum(1)
         count0 = torch.where(stp == 0, remaining, count0)
-        idx = (act - 1).clamp(min=0) if shift else act
+        # only the still-masked positions of the region get logits (LM head, softmax, policy): right-aligned
+        # per row in slot order, so what a row computes and draws never depends on the rest of the batch
+        Q = max(int(remaining.max()), 1)
+        q_slots = torch.argsort(region_masked.to(torch.int8), dim=1, stable=True)[:, -Q:]
+        cand = region_masked.gather(1, q_slots)
+        idx = (q_slots - 1).clamp(min=0) if shift else q_slots
 
         refresh = ws = we = None
         if runner.cache is not None:
@@ -186,13 +179,13 @@ def generate(
         never[mask_id] = True
         logits = logits.masked_fill(never, float("-inf"))  # never propose the mask token
         for proc in logits_processors:
-            logits = proc(x, logits, act)
+            logits = proc(x, logits, q_slots)
         # confidence comes from the full (processed) distribution; top-k/top-p only narrow the choice
         probs = torch.softmax(logits, dim=-1)
         rows = rid.tolist()
         if config.temperature > 0:
             filtered = top_k_top_p_filter(logits, config.top_k, config.top_p)
-            u = _per_row_uniform(gens, rows, valid, (logits.shape[-1],), device)
+            u = _per_row_uniform(gens, rows, cand, (logits.shape[-1],), device)
             gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
             x0 = torch.argmax(filtered / config.temperature + gumbel, dim=-1)
         else:
@@ -209,9 +202,9 @@ def generate(
             x0_prob=x0_prob,
             candidates=cand,
             num_to_commit=k,
-            uniform=lambda rows=rows, valid=valid: _per_row_uniform(gens, rows, valid, (), device),
+            uniform=lambda rows=rows, cand=cand: _per_row_uniform(gens, rows, cand, (), device),
             rows=rid,
-            positions=act,
+            positions=q_slots,
             step=stp,
         )
         commit = policy(s) & cand
@@ -219,13 +212,13 @@ def generate(
         commit = torch.where(last[:, None], cand, commit)
         none = (commit.sum(1) == 0) & (remaining > 0)  # always at least one per row that still has masks
         best = x0_prob.masked_fill(~cand, -1.0).argmax(1)
-        commit = commit | (torch.nn.functional.one_hot(best, act.shape[1]).bool() & none[:, None])
-        x = x.scatter(1, act, torch.where(commit, x0, cur))
+        commit = commit | (torch.nn.functional.one_hot(best, Q).bool() & none[:, None])
+        x = x.scatter(1, q_slots, torch.where(commit, x0, x.gather(1, q_slots)))
         nfe[rid.cpu()] += forwards_per_step
         steps_taken[rid.cpu()] += 1
 
         # move on: a row whose active region has no mask left starts its next block
-        block_done = ~((x.gather(1, act) == mask_id) & region).any(1)
+        block_done = ~((x == mask_id) & region).any(1)
         blk_before = blk
         blk = blk + block_done.long()
         stp = torch.where(block_done, 0, stp + 1)
@@ -236,7 +229,7 @@ def generate(
             finished_early[rid[filled].cpu()] = True
             done = done | eos_done
         if streamer is not None:
-            _emit(streamer, step_counter, rows, blk_before, act, commit, x0, x, pad, rid[done].tolist(), mask_id)
+            _emit(streamer, step_counter, rows, blk_before, q_slots, commit, x0, x, pad, rid[done].tolist(), mask_id)
         step_counter += 1
         if bool(done.any()):
             out_canvas[rid[done]] = x[done]
@@ -284,12 +277,12 @@ def _finish_at_eos(x, tm, st, G, mask_id, eos_id) -> tuple[torch.Tensor, torch.T
     return done, x
 
 
-def _emit(streamer, step, rows, blk, act, commit, x0, x, pad, finished, mask_id) -> None:
+def _emit(streamer, step, rows, blk, slots, commit, x0, x, pad, finished, mask_id) -> None:
     """One StepEvent (positions counted without left padding)."""
     positions, tokens, masked = [], [], []
     for j in range(len(rows)):
         q = torch.nonzero(commit[j]).flatten()
-        positions.append((act[j, q] - pad[j]).tolist())
+        positions.append((slots[j, q] - pad[j]).tolist())
         tokens.append(x0[j, q].tolist())
         masked.append((torch.nonzero(x[j] == mask_id).flatten() - pad[j]).tolist())
     blocks = blk.tolist()
