@@ -390,6 +390,17 @@ def info(path: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP), as_json: bo
         typer.echo(f"  tokenizer: {tok_info['vocab_size']} tokens; special ids {tok_info['special_ids']}")
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context):
+    """Sampling speed and quality: reference (LLaDA-style), +cache, +parallel, +both, AR twin. `dlm bench --help`."""
+    from . import bench as bench_module
+
+    raise typer.Exit(bench_module.main(list(ctx.args)))
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Training corpora.")
 app.add_typer(data_app, name="data")
 CORPORA = ("python",)
