@@ -175,9 +175,7 @@ def generate(
             refresh = runner.needs_refresh(stp) | full
             ws, we = runner.window((bs - int(shift)).clamp(min=0), bs + bl, pos)
         logits = runner.logits(x, am, pos, hd, idx, refresh, ws, we)
-        never = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
-        never[mask_id] = True
-        logits = logits.masked_fill(never, float("-inf"))  # never propose the mask token
+        logits[..., mask_id] = float("-inf")  # never propose the mask token
         for proc in logits_processors:
             logits = proc(x, logits, q_slots)
         # confidence comes from the full (processed) distribution; top-k/top-p only narrow the choice
