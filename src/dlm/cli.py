@@ -55,6 +55,13 @@ def generate(
     policy: Optional[str] = typer.Option(None, "--policy"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Confidence threshold (policy threshold)."),
+    factor: Optional[float] = typer.Option(None, "--factor", help="Factor of the factor policy."),
+    entropy_bound: Optional[float] = typer.Option(None, "--entropy-bound", help="Bound of entropy_bound."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="none | prefix | dual."),
+    cache_refresh: Optional[int] = typer.Option(None, "--cache-refresh", help="Also refresh every N steps."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 (autocast)."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the forward."),
     show_steps: bool = typer.Option(False, "--show-steps", help="Animate the denoising in the terminal."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line per prompt."),
 ):
@@ -69,6 +76,13 @@ def generate(
             policy=policy,
             seed=seed,
             cfg_scale=cfg_scale,
+            threshold=threshold,
+            factor=factor,
+            entropy_bound=entropy_bound,
+            cache=cache,
+            cache_refresh=cache_refresh,
+            dtype=dtype,
+            compile=compile_,
         )
         cfg = lm.make_config(None, **overrides)
         streamer = _TerminalStreamer(lm, prompts, cfg) if show_steps else None
@@ -388,6 +402,17 @@ def info(path: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP), as_json: bo
         typer.echo(f"  diffusion: {raw['diffusion']}")
     if tok_info:
         typer.echo(f"  tokenizer: {tok_info['vocab_size']} tokens; special ids {tok_info['special_ids']}")
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context):
+    """Sampling speed and quality: reference (LLaDA-style), +cache, +parallel, +both, AR twin. `dlm bench --help`."""
+    from . import bench as bench_module
+
+    raise typer.Exit(bench_module.main(list(ctx.args)))
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Training corpora.")

@@ -94,34 +94,49 @@ class Block(nn.Module):
 
 
 def build_attention_mask(
-    cfg: ModelConfig, attention_mask: torch.Tensor | None, q_len: int, k_len: int, device
+    cfg: ModelConfig,
+    attention_mask: torch.Tensor | None,
+    q_len: int,
+    k_len: int,
+    device,
+    q_slots: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """Boolean (B|1, 1, q_len, k_len) mask, True = may attend. Queries are the last q_len of k_len keys.
+    """Boolean (B|1, 1, q_len, k_len) mask, True = may attend.
 
-    A 4-D boolean mask is passed through unchanged (callers with special structure, e.g. two-stream
-    block diffusion, build their own). A query may always attend to itself, so rows that are all padding
-    stay finite.
+    Queries sit at key slots `q_slots` (B|1, q_len); by default they are the last q_len of k_len keys.
+    Block-causal structure is computed on positions (`cumsum(mask) - 1` of the key mask), so left padding
+    does not move block boundaries. A 4-D boolean mask is passed through unchanged (callers with special
+    structure, e.g. two-stream block diffusion, build their own). A query may always attend to itself, so
+    rows that are all padding stay finite.
     """
     if attention_mask is not None and attention_mask.dim() == 4:
         return attention_mask.to(torch.bool)
-    offset = k_len - q_len
-    qi = torch.arange(q_len, device=device)[:, None] + offset
-    kj = torch.arange(k_len, device=device)[None, :]
+    if q_slots is None:
+        q_slots = torch.arange(k_len - q_len, k_len, device=device)[None]
+    qi = q_slots[:, :, None]  # (B|1, Q, 1)
+    kj = torch.arange(k_len, device=device)[None, None, :]  # (1, 1, K)
     if cfg.attention == "bidirectional":
         structure = None
     elif cfg.attention == "causal":
         structure = kj <= qi
-    else:  # block_causal
-        structure = (kj // cfg.block_size) <= (qi // cfg.block_size)
+    else:  # block_causal, on positions
+        if attention_mask is None:
+            k_pos = torch.arange(k_len, device=device)[None].expand(q_slots.shape[0], -1)
+        else:
+            k_pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        q_pos = k_pos.gather(1, q_slots.expand(k_pos.shape[0], -1))
+        structure = (k_pos[:, None, :] // cfg.block_size) <= (q_pos[:, :, None] // cfg.block_size)
     if attention_mask is None:
-        return None if structure is None else structure[None, None]
-    keys = attention_mask.to(torch.bool)[:, None, None, :]  # (B,1,1,K)
-    mask = keys if structure is None else keys & structure[None, None]
-    return mask | (kj == qi)[None, None]
+        return None if structure is None else structure[:, None]
+    keys = attention_mask.to(torch.bool)[:, None, :]  # (B, 1, K)
+    mask = keys if structure is None else keys & structure
+    return (mask | (kj == qi))[:, None]
 
 
 class Transformer(nn.Module):
     """Decoder-style stack; attention kind from the config. Weight names follow LLaMA's."""
+
+    supports_canvas_cache = True  # the diffusion sampler's prefix/dual caches (dlm.model.CanvasCache) work here
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -165,20 +180,23 @@ class Transformer(nn.Module):
 
         attention_mask: (B, K) with 1 for real tokens over all K keys (cached + current), or a 4-D
         boolean mask. position_ids: (B, L); default: from the mask (left padding keeps positions of a
-        prompt the same as alone), or 0..L-1 offset by the cache length.
+        prompt the same as alone), or the query slots the cache reports (0..L-1 offset by its length).
+        cache: a `KVCache` (appends) or a `CanvasCache` (refresh / window of a cached canvas).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise InputError("input_ids", "pass exactly one of input_ids or inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, L = x.shape[:2]
-        past = len(cache) if cache is not None else 0
+        # where the queries sit among the keys: the cache knows (appended, or a window of a cached canvas)
+        q_slots, k_len = cache.slots(B, L, x.device) if cache is not None else (None, L)
         if position_ids is None:
             if attention_mask is not None and attention_mask.dim() == 2:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
+                key_pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                position_ids = key_pos[:, -L:] if q_slots is None else key_pos.gather(1, q_slots.expand(B, -1))
             else:
-                position_ids = torch.arange(past, past + L, device=x.device).expand(B, L)
+                position_ids = (q_slots if q_slots is not None else torch.arange(L, device=x.device)[None]).expand(B, L)
         cos, sin = rope_cos_sin(position_ids, self.config.dim_head, self.config.rope_theta, x.dtype)
-        mask = build_attention_mask(self.config, attention_mask, L, past + L, x.device)
+        mask = build_attention_mask(self.config, attention_mask, L, k_len, x.device, q_slots)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, cache)
         if logits_index is not None:

@@ -1,11 +1,13 @@
 """Left-to-right decoding with a KV cache, for causal models (the AR twin every claim is measured against).
 
 Same GenerationConfig, output type, per-row generators and streamer events as the diffusion sampler;
-`gen_length` is the number of new tokens and `steps` is ignored (one token per forward).
+`gen_length` is the number of new tokens and `steps` is ignored (one token per forward); `dtype="bfloat16"`
+runs the forwards under autocast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Sequence
 
@@ -55,7 +57,9 @@ def generate_autoregressive(
         attn[i, P - len(p) :] = 1
     gens = _row_generators(B, config.seed, device)
     cache = KVCache()
-    logits = model(ids, attention_mask=attn, cache=cache, logits_index=torch.full((B, 1), P - 1, device=device))
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if config.dtype == "bfloat16" else contextlib.nullcontext()
+    with amp:
+        logits = model(ids, attention_mask=attn, cache=cache, logits_index=torch.full((B, 1), P - 1, device=device))
     out = [[] for _ in range(B)]
     done = [False] * B
     nfe = [1] * B
@@ -88,7 +92,8 @@ def generate_autoregressive(
             break
         ids = nxt[:, None]
         attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
-        logits = model(ids, attention_mask=attn, cache=cache)
+        with amp:
+            logits = model(ids, attention_mask=attn, cache=cache)
         for r in range(B):
             nfe[r] += 0 if done[r] else 1
     if streamer is not None:

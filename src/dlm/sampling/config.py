@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ConfigError, check_positive
+from ..errors import ConfigError, check_choice, check_positive
+
+CACHE_MODES = ("none", "prefix", "dual")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -20,6 +23,18 @@ class GenerationConfig:
     seed: int | None = None  # every row gets its own generator seeded with this (batch-invariant)
     stop_at_eos: bool = True  # a row ends once an EOS is committed and everything before it is final
     trim_at_eos: bool = True  # output text stops at the first EOS
+    # parallel decoding (policies threshold, factor, entropy_bound, credit): `steps` is then an upper bound
+    threshold: float = 0.9  # threshold/credit: commit every candidate whose confidence >= this (at least one)
+    factor: float = 1.0  # factor: commit ranks r = 1, 2, ... while confidence_r >= 1 - factor / (r + 1)
+    entropy_bound: float = 0.5  # entropy_bound: commit lowest-entropy first while the summed entropy <= this (nats)
+    credit_alpha: float = 0.7  # credit: weight of the accumulated credit in the fused confidence
+    credit_gamma: float = 0.2  # credit: each step adds p ** gamma to a position's credit
+    credit_decay: float = 0.8  # credit: credit of a position decays by this factor per step
+    # caches for bidirectional models: none (reference) | prefix | dual; exact for block_causal models
+    cache: str = "none"
+    cache_refresh: int = 0  # also recompute the cache every this many steps inside a block; 0 = at block starts
+    dtype: str = "float32"  # float32 | bfloat16 (autocast for the forward passes)
+    compile: bool = False  # torch.compile the model's forward (dynamic shapes)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -63,3 +78,18 @@ class GenerationConfig:
             raise ConfigError("cfg_scale", f"got {self.cfg_scale}; must be >= 0")
         if self.policy not in POLICIES:
             raise ConfigError("policy", f"unknown policy {self.policy!r}; allowed: {', '.join(sorted(POLICIES))}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError("threshold", f"got {self.threshold}; must be in (0, 1]")
+        if self.factor <= 0:
+            raise ConfigError("factor", f"got {self.factor}; must be > 0")
+        if self.entropy_bound <= 0:
+            raise ConfigError("entropy_bound", f"got {self.entropy_bound}; must be > 0")
+        if self.credit_alpha < 0:
+            raise ConfigError("credit_alpha", f"got {self.credit_alpha}; must be >= 0")
+        if self.credit_gamma <= 0:
+            raise ConfigError("credit_gamma", f"got {self.credit_gamma}; must be > 0")
+        if not 0.0 <= self.credit_decay <= 1.0:
+            raise ConfigError("credit_decay", f"got {self.credit_decay}; must be in [0, 1]")
+        check_choice("cache", self.cache, CACHE_MODES)
+        check_positive("cache_refresh", self.cache_refresh, allow_zero=True)
+        check_choice("dtype", self.dtype, DTYPES)

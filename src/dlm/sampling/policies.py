@@ -1,8 +1,11 @@
 """Unmask policies: which masked positions to commit at a step. One small class each, registered by name.
 
-A policy scores candidate positions (higher = commit sooner) and selects which to commit given the
-schedule's count `k` per row. The default `select` commits the top-k; parallel-decoding policies
-(threshold, factor, ...) override `select`.
+A policy scores candidate positions (`scores`: higher = commit sooner) and says how many to commit this step
+(`commit_count`, the one hook parallel decoding needs); `select` commits that many of the best-scoring
+candidates. The default count is the schedule's k (LLaDA: steps spread evenly over the block); parallel-decoding
+policies (threshold, factor, entropy_bound, credit) count from confidences, so `steps` becomes an upper bound.
+The loop adds two rules whatever a policy returns: at least one commit per row and step, and a block's last
+step commits everything left.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from .config import GenerationConfig
 
 POLICIES: dict[str, type["UnmaskPolicy"]] = {}
 
@@ -29,20 +34,47 @@ class StepInputs:
     candidates: torch.Tensor  # (R, A) bool: still masked and in the active block
     num_to_commit: torch.Tensor  # (R,) long: count from the schedule
     uniform: Callable[[], torch.Tensor]  # per-row uniforms (R, A) from each row's own generator
+    rows: torch.Tensor | None = None  # (R,) long: each row's index in the generate() batch (for per-row state)
+    positions: torch.Tensor | None = None  # (R, A) long: canvas slots of the active positions
+    step: torch.Tensor | None = None  # (R,) long: step index inside each row's current block
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of distributions over the last dim."""
+    return -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)
+
+
+def _sorted_candidates(scores: torch.Tensor, s: StepInputs, descending: bool = True) -> torch.Tensor:
+    """Candidate scores sorted per row (non-candidates last, as -inf / +inf)."""
+    fill = float("-inf") if descending else float("inf")
+    return scores.masked_fill(~s.candidates, fill).sort(dim=1, descending=descending, stable=True).values
 
 
 class UnmaskPolicy:
+    """Base class: a policy is built per generate() call with its GenerationConfig (settings live there)."""
+
     name = "base"
+
+    def __init__(self, config: GenerationConfig | None = None):
+        self.config = config if config is not None else GenerationConfig()
+
+    def reset(self, batch: int, length: int, device) -> None:
+        """Start of a generate() call over `batch` rows of `length` canvas slots (allocate per-row state)."""
 
     def scores(self, s: StepInputs) -> torch.Tensor:
         raise NotImplementedError
 
+    def commit_count(self, scores: torch.Tensor, s: StepInputs) -> torch.Tensor:
+        """How many candidates each row commits this step, (R,) long. Default: the schedule's k."""
+        return s.num_to_commit
+
     def select(self, scores: torch.Tensor, s: StepInputs) -> torch.Tensor:
-        """Commit the num_to_commit best-scoring candidates of each row (stable on ties)."""
+        """Commit the commit_count best-scoring candidates of each row (at least one; stable on ties)."""
+        n = self.commit_count(scores, s).clamp(min=1)
         scores = scores.masked_fill(~s.candidates, float("-inf"))
         order = torch.argsort(scores, dim=1, descending=True, stable=True)
         ranks = torch.argsort(order, dim=1, stable=True)
-        return (ranks < s.num_to_commit[:, None]) & s.candidates
+        return (ranks < n[:, None]) & s.candidates
 
     def __call__(self, s: StepInputs) -> torch.Tensor:
         return self.select(self.scores(s), s)
@@ -86,13 +118,105 @@ class Entropy(UnmaskPolicy):
     name = "entropy"
 
     def scores(self, s):
-        p = s.probs
-        return (p * torch.log(p.clamp_min(1e-30))).sum(-1)  # = -entropy
+        return -entropy(s.probs)
 
 
-def get_policy(name: str) -> UnmaskPolicy:
+# ---- parallel decoding: the count comes from the confidences, not from the schedule -------------------------
+
+
+@register_policy
+class Threshold(UnmaskPolicy):
+    """Fast-dLLM: commit every candidate whose confidence p(x0) >= `threshold` (at least the most confident)."""
+
+    name = "threshold"
+
+    def scores(self, s):
+        return s.x0_prob
+
+    def commit_count(self, scores, s):
+        return ((scores >= self.config.threshold) & s.candidates).sum(1)
+
+
+@register_policy
+class Factor(UnmaskPolicy):
+    """Fast-dLLM's factor rule: with candidates ranked by confidence (r = 1, 2, ...), commit the longest run of
+    ranks with conf_r >= 1 - factor / (r + 1) (at least one)."""
+
+    name = "factor"
+
+    def scores(self, s):
+        return s.x0_prob
+
+    def commit_count(self, scores, s):
+        conf = _sorted_candidates(scores, s)
+        r = torch.arange(1, conf.shape[1] + 1, device=conf.device, dtype=conf.dtype)
+        ok = conf >= 1.0 - self.config.factor / (r + 1.0)
+        return ok.long().cumprod(1).sum(1)
+
+
+@register_policy
+class EntropyBound(UnmaskPolicy):
+    """Entropy-bounded: commit candidates lowest-entropy first while their summed entropy stays <= the bound
+    (at least one)."""
+
+    name = "entropy_bound"
+
+    def scores(self, s):
+        return -entropy(s.probs)
+
+    def commit_count(self, scores, s):
+        h = _sorted_candidates(-scores, s, descending=False)  # ascending entropy, non-candidates +inf
+        return (h.cumsum(1) <= self.config.entropy_bound).sum(1)
+
+
+@register_policy
+class Credit(UnmaskPolicy):
+    """dInfer-style credit: a position whose proposal stays the same across steps accumulates credit
+    c <- decay * c + p ** gamma (a new proposal restarts it), and its confidence is fused with the credit as
+    q = p (1 + c)^alpha / (p (1 + c)^alpha + 1 - p) (the top-1 probability after adding alpha log(1 + c) to its
+    logit). Commits every candidate with q >= `threshold` (at least one). dInfer keeps credit for every token of
+    the vocabulary; this keeps it for the current proposal only, O(positions) memory."""
+
+    name = "credit"
+
+    def reset(self, batch, length, device):
+        self.credit = torch.zeros(batch, length, device=device)
+        self.token = torch.full((batch, length), -1, dtype=torch.long, device=device)
+
+    def scores(self, s):
+        c = self.config
+        rows = s.rows[:, None].expand_as(s.positions)
+        prev_c, prev_t = self.credit[rows, s.positions], self.token[rows, s.positions]
+        credit = torch.where(s.x0 == prev_t, c.credit_decay * prev_c, 0.0) + s.x0_prob.pow(c.credit_gamma)
+        cand = s.candidates
+        self.credit[rows[cand], s.positions[cand]] = credit[cand]
+        self.token[rows[cand], s.positions[cand]] = s.x0[cand]
+        boosted = s.x0_prob * (1.0 + credit).pow(c.credit_alpha)
+        return boosted / (boosted + (1.0 - s.x0_prob)).clamp_min(1e-30)
+
+    def commit_count(self, scores, s):
+        return ((scores >= self.config.threshold) & s.candidates).sum(1)
+
+
+@register_policy
+class FirstHitting(UnmaskPolicy):
+    """BD3-LM / Zheng et al.'s first-hitting sampler: each forward unmasks exactly one position, uniformly at
+    random among the masked ones (the row's own generator), with the token sampled from the model — the exact
+    masked-diffusion sampler with no forward wasted on a step that commits nothing. NFE = number of masks when
+    steps = gen_length (a block's last step still commits whatever is left)."""
+
+    name = "first_hitting"
+
+    def scores(self, s):
+        return s.uniform()
+
+    def commit_count(self, scores, s):
+        return torch.ones_like(s.num_to_commit)
+
+
+def get_policy(name: str, config: GenerationConfig | None = None) -> UnmaskPolicy:
     from ..errors import ConfigError
 
     if name not in POLICIES:
         raise ConfigError("policy", f"unknown policy {name!r}; allowed: {', '.join(sorted(POLICIES))}")
-    return POLICIES[name]()
+    return POLICIES[name](config)

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 @dataclass
 class StepEvent:
     step: int  # global step counter (0-based) of the generate() call
-    block: int  # active block index
+    block: int  # active block index (the lowest over the rows: rows move through blocks at their own pace)
     rows: list[int]  # batch rows that took part in this step
     positions: list[list[int]]  # per row: canvas positions committed this step (no left padding)
     tokens: list[list[int]]  # per row: the tokens committed there
     masked: list[list[int]] = field(default_factory=list)  # per row: canvas positions still masked after the step
     finished: list[int] = field(default_factory=list)  # rows that finished at this step
+    blocks: list[int] = field(default_factory=list)  # per row: its active block index
 
 
 class Streamer:

@@ -1,0 +1,84 @@
+"""`dlm bench --quick --json` end to end on a tiny random model and its causal twin, in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dlm.bench import COLUMNS, METHODS, agreement, main
+from dlm.sampling import GenerationConfig
+from dlm.tokenizer import train_tokenizer
+
+from ..conftest import tiny_lm
+
+FUNCTIONS = """
+def add(a, b):
+    total = a + b
+    return total
+
+
+def scale(values, k):
+    out = [v * k for v in values]
+    return out
+
+
+def first(items):
+    if not items:
+        return None
+    return items[0]
+"""
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    (d / "code.txt").write_text(FUNCTIONS * 20)
+    tok = train_tokenizer([d / "code.txt"], vocab_size=300)
+    gen = GenerationConfig(gen_length=16, steps=16)
+    tiny_lm(tok, "bidirectional", max_seq_len=256, gen=gen).save_pretrained(d / "diffusion")
+    tiny_lm(tok, "causal", max_seq_len=256, gen=gen).save_pretrained(d / "ar")
+    (d / "test.jsonl").write_text(json.dumps({"text": FUNCTIONS}) + "\n")
+    return d
+
+
+def test_agreement_is_exact_token_agreement():
+    assert agreement([[1, 2, 3], [4]], [[1, 2, 3], [4]]) == 1.0
+    assert agreement([[1, 2, 3, 4]], [[1, 9, 3, 4]]) == 0.75
+    assert agreement([[1, 2]], [[1, 2, 3, 4]]) == 0.5  # a shorter generation disagrees where it is missing
+
+
+def test_dlm_bench_quick_json_reports_every_method_with_the_named_columns(models):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = ["--model", models / "diffusion", "--ar-model", models / "ar", "--task-data", models / "test.jsonl"]
+    p = subprocess.run(
+        [sys.executable, "-m", "dlm.cli", "bench", "--quick", "--json", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert {"machine", "settings", "rows"} <= set(res)
+    rows = res["rows"]
+    for batch in (1, 2):
+        got = [r for r in rows if r["batch"] == batch]
+        assert [r["method"] for r in got] == list(METHODS)
+        for r in got:
+            assert set(COLUMNS) <= set(r)
+            assert r["tok_s"] > 0 and r["nfe"] >= 1 and r["tpf"] > 0 and r["p50_s"] > 0 and r["peak_rss_mb"] > 0
+            assert r["task_score"] is not None and 0.0 <= r["task_score"] <= 1.0
+        by = {r["method"]: r for r in got}
+        assert by["reference"]["agreement"] == 1.0 and by["reference"]["x_reference"] == 1.0
+        assert by["+parallel"]["policy"] == "threshold" and by["+cache"]["cache"] == "dual"
+        assert all(0.0 <= by[m]["agreement"] <= 1.0 for m in ("+cache", "+parallel", "+both"))
+        assert by["ar"]["agreement"] is None and by["ar"]["cache"] == "kv"
+
+
+def test_dlm_bench_bad_input_names_the_option(models, capsys):
+    assert main(["--quick", "--model", str(models / "ar"), "--ar-model", "none"]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(["--quick", "--model", str(models / "diffusion"), "--methods", "reference,warp"]) == 2
+    assert "--methods" in capsys.readouterr().err
