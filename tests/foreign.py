@@ -291,3 +291,55 @@ def qwen2_reference(state: dict, cfg: dict, ids: torch.Tensor, *, causal: bool) 
     x = _rms(x, W["model.norm.weight"], cfg["rms_norm_eps"])
     head = W["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else W["lm_head.weight"]
     return torch.einsum("bld,vd->blv", x, head)
+
+
+# ---- tokenizers ----------------------------------------------------------------------------------------
+LLADA_CHAT_TEMPLATE = (  # LLaDA-8B-Instruct's tokenizer_config.json chat_template
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+)
+WORDS = (
+    "the a of and to in is it that was he for on are as with his they at be this from have or by one had not "
+    "but what all were when we there can an your which their said if do will each about how up out them then "
+    "she many some so these would other into has more her two like him see time could no make than first been "
+    "who its now people my made over did down only way find use may water long little very after user hello "
+    "world assistant system Paris France capital"
+).split()[:85]
+LLADA_SPECIALS = {
+    "<unk>": 85,
+    "<|start_header_id|>": 86,
+    "<|end_header_id|>": 87,
+    "<|eot_id|>": 88,
+    "<|startoftext|>": 89,
+    "<|mdm_mask|>": 90,
+    "<|endoftext|>": 91,
+}
+
+
+def write_llada_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer.json whose special tokens sit at the tiny LLaDA's ids (mask 90, EOS 91, BOS 89),
+    with LLaDA's tokenizer_config.json (PreTrainedTokenizerFast, chat template, special-token names)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    vocab.update(LLADA_SPECIALS)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLADA_SPECIALS if t != "<unk>"])
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    config = {
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "bos_token": "<|startoftext|>",
+        "chat_template": LLADA_CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|endoftext|>",
+        "model_max_length": 1000000000000000019884624838656,
+        "pad_token": "<|endoftext|>",
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
