@@ -406,13 +406,14 @@ def info(
     """Show a checkpoint's family, config, parameter count, tokenizer and special ids (reads no weights)."""
     from .configs import to_dict
     from .hub import count_parameters, load_tokenizer, open_checkpoint
+    from .hub.hf_tokenizer import has_tokenizer
 
     try:
         ck = open_checkpoint(path, gguf_file)
         cfg, raw = ck.config, ck.raw
         n_params = count_parameters(ck)
         tok_info = {}
-        if ck.gguf_file is not None or any((ck.folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+        if has_tokenizer(ck.folder, ck.gguf_file):
             tok = load_tokenizer(ck.folder, cfg, ck.gguf_file)
             tok_info = {"vocab_size": tok.vocab_size, "special_ids": tok.special_ids}
     except DLMError as e:

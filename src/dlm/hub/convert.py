@@ -11,7 +11,8 @@ from ..errors import check_choice
 from ..model import Transformer
 from .checkpoint import CONFIG_NAME, GENERATION_CONFIG_NAME, _atomic_dir, save_pretrained, write_weights
 from .families import Family, get_family
-from .loading import resolve_dtype
+from .hf_tokenizer import has_tokenizer, load_tokenizer
+from .loading import load_model, open_checkpoint, resolve_dtype
 
 TARGETS = ("dlm", "llada")
 
@@ -57,21 +58,25 @@ def convert(
     gguf_file: str | None = None,
 ) -> Path:
     """Load `src` (any supported folder or GGUF) and write it to `dst` as a dlm folder (`to="dlm"`, with the
-    family's sampling defaults as generation_config.json) or in LLaDA's layout (`to="llada"`)."""
-    from .pipeline import DiffusionLM
+    family's sampling defaults as generation_config.json) or in LLaDA's layout (`to="llada"`). The tokenizer
+    files travel along when `src` has them."""
+    from .pipeline import checkpoint_settings
 
     check_choice("--to", to, TARGETS)
-    lm = DiffusionLM.from_pretrained(src, dtype=dtype, gguf_file=gguf_file)
+    ck = open_checkpoint(src, gguf_file)
+    target = get_family(to)
+    target.export_config(ck.config)  # refuse what the target cannot express before reading any weight
+    model = load_model(ck, dtype=dtype)
+    tokenizer = load_tokenizer(ck.folder, ck.config, ck.gguf_file) if has_tokenizer(ck.folder, ck.gguf_file) else None
     if to == "dlm":
+        gen, diff = checkpoint_settings(ck)
         return save_pretrained(
-            lm.model,
+            model,
             dst,
-            tokenizer=lm.tokenizer,
-            generation_config=lm.generation_config,
-            diffusion_config=None if lm.is_causal else lm.diffusion_config,
+            tokenizer=tokenizer,
+            generation_config=gen,
+            diffusion_config=None if model.config.attention == "causal" else diff,
             max_shard_size=max_shard_size,
             dtype=dtype,
         )
-    return save_in_family_layout(
-        lm.model, dst, get_family(to), tokenizer=lm.tokenizer, max_shard_size=max_shard_size, dtype=dtype
-    )
+    return save_in_family_layout(model, dst, target, tokenizer=tokenizer, max_shard_size=max_shard_size, dtype=dtype)

@@ -345,6 +345,10 @@ def _ids_of(config: ModelConfig | None) -> dict[str, int | None]:
     }
 
 
+def has_tokenizer(folder: Path, gguf: Path | None = None) -> bool:
+    return gguf is not None or (folder / TOKENIZER_FILE).is_file() or (folder / "vocab.json").is_file()
+
+
 def load_tokenizer(folder: Path, model_config: ModelConfig | None = None, gguf: Path | None = None):
     """DLMTokenizer when the folder's vocabulary has dlm's special tokens, else HFTokenizer."""
     from ..tokenizer import SPECIAL_TOKENS, DLMTokenizer

@@ -26,7 +26,7 @@ from .families import Family, family_for
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
-CHUNK_BYTES = 64 << 20
+CHUNK_BYTES = 16 << 20
 FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 DTYPES = {
     "float32": torch.float32,

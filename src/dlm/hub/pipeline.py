@@ -16,7 +16,7 @@ from ..sampling import GenerationConfig, generate
 from ..sampling.autoregressive import generate_autoregressive
 from .checkpoint import GENERATION_CONFIG_NAME, save_pretrained
 from .hf_tokenizer import load_tokenizer
-from .loading import load_model, open_checkpoint
+from .loading import Checkpoint, load_model, open_checkpoint
 
 
 @dataclass
@@ -55,17 +55,7 @@ class DiffusionLM:
         Foreign folders get their family's sampling defaults; dlm folders their generation_config.json."""
         ck = open_checkpoint(path, gguf_file)
         model = load_model(ck, device=device, dtype=dtype)
-        gen = diff = None
-        if ck.is_dlm:
-            diff = DiffusionConfig(**ck.raw["diffusion"]) if "diffusion" in ck.raw else None
-            gen_file = ck.folder / GENERATION_CONFIG_NAME
-            if gen_file.is_file():
-                try:
-                    gen = from_dict(GenerationConfig, json.loads(gen_file.read_text()))
-                except (json.JSONDecodeError, ConfigError) as e:
-                    raise CheckpointError(f"{gen_file}: {e}") from None
-        else:
-            gen = GenerationConfig(**ck.family.generation_defaults())
+        gen, diff = checkpoint_settings(ck)
         tokenizer = load_tokenizer(ck.folder, ck.config, ck.gguf_file)
         return cls(model, tokenizer, gen, diff, str(ck.gguf_file or ck.folder))
 
@@ -164,6 +154,22 @@ class DiffusionLM:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+def checkpoint_settings(ck: Checkpoint) -> tuple[GenerationConfig | None, DiffusionConfig | None]:
+    """(generation, diffusion) settings: a dlm folder's generation_config.json and `diffusion` section; for a
+    foreign family its published sampling defaults (and the masked process for diffusion families)."""
+    if not ck.is_dlm:
+        return GenerationConfig(**ck.family.generation_defaults()), DiffusionConfig() if ck.family.diffusion else None
+    diff = DiffusionConfig(**ck.raw["diffusion"]) if "diffusion" in ck.raw else None
+    gen = None
+    gen_file = ck.folder / GENERATION_CONFIG_NAME
+    if gen_file.is_file():
+        try:
+            gen = from_dict(GenerationConfig, json.loads(gen_file.read_text()))
+        except (json.JSONDecodeError, ConfigError) as e:
+            raise CheckpointError(f"{gen_file}: {e}") from None
+    return gen, diff
 
 
 def load(path: str | Path, **kw) -> DiffusionLM:
