@@ -190,12 +190,14 @@ class HFTokenizer:
             raise CheckpointError(f"{gguf}: transformers gave no `tokenizers` backend for this GGUF")
         tokens = {n: getattr(hf, f"{n}_token", None) for n in SPECIAL_NAMES}
         tokens = {n: t if isinstance(t, str) else None for n, t in tokens.items()}
+        max_len = getattr(hf, "model_max_length", None)
+        max_len = int(max_len) if isinstance(max_len, int) and max_len < 1e12 else 1_000_000
         return cls(
             backend,
             chat_template=hf.chat_template,
             special_tokens=tokens,
             special_ids=_ids_of(model_config),
-            model_max_length=8192,
+            model_max_length=max_len,
         )
 
     def save(self, out_dir: str | Path) -> None:

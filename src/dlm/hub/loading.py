@@ -171,7 +171,9 @@ class SafetensorsSource:
             self.where = folder / WEIGHTS_NAME
             self._scan(self.where)
         else:
-            raise CheckpointError(f"{folder}: missing weights ({WEIGHTS_NAME} or {INDEX_NAME})")
+            pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+            why = f"; {', '.join(pickles[:3])} (pickle) is not read, only safetensors" if pickles else ""
+            raise CheckpointError(f"{folder}: missing weights ({WEIGHTS_NAME} or {INDEX_NAME}){why}")
 
     def _scan(self, f: Path) -> set[str]:
         try:
