@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -22,12 +23,6 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(tok_app, name="tokenizer")
 
 MASK_GLYPH = "░"
-
-
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def _fail(e: Exception) -> None:
@@ -110,7 +105,7 @@ def generate(
             prompt_ids = [lm.tokenizer.encode_prompt(p) for p in prompts]
         streamer = _TerminalStreamer(lm, prompt_ids, cfg) if show_steps else None
         t0 = time.perf_counter()
-        with streamer if streamer is not None else _nullcontext():
+        with streamer if streamer is not None else contextlib.nullcontext():
             if chat is not None:
                 outs = [lm.chat(messages, cfg, streamer=streamer)]
                 outs[0].prompt = chat

@@ -273,3 +273,20 @@ def test_truncated_shard_and_index_inconsistencies_are_named(tmp_path):
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=rf"model-00002-of-00003.safetensors: tensor {key} is listed"):
         from_pretrained(folder)
+
+
+def test_pickle_only_folders_and_ambiguous_gguf_folders_are_refused(tmp_path):
+    _, folder = _hf_folder(tmp_path, "llama")
+    for f in folder.glob("model*.safetensors*"):
+        f.unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not read")
+    with pytest.raises(CheckpointError, match=r"missing weights .*pytorch_model.bin \(pickle\) is not read"):
+        from_pretrained(folder)
+    ggufs = tmp_path / "ggufs"
+    ggufs.mkdir()
+    (ggufs / "a.Q4.gguf").write_bytes(b"GGUF")
+    (ggufs / "a.Q8.gguf").write_bytes(b"GGUF")
+    with pytest.raises(CheckpointError, match=r"several GGUF files \(a.Q4.gguf, a.Q8.gguf\); pick one"):
+        open_checkpoint(ggufs)
+    with pytest.raises(CheckpointError, match="no such GGUF file"):
+        open_checkpoint(ggufs, gguf_file="b.gguf")
