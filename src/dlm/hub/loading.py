@@ -274,16 +274,15 @@ def fill_model(ck: Checkpoint, source, *, device, dtype, config: ModelConfig | N
     return model.eval()
 
 
-def _gguf_state(ck: Checkpoint, dtype) -> dict[str, torch.Tensor]:
-    """Dequantize a GGUF through transformers (its own reader and tensor processors: not remote code)."""
+def _gguf_state(ck: Checkpoint) -> dict[str, torch.Tensor]:
+    """Dequantize a GGUF through transformers (its own reader and tensor processors: not remote code), in fp32
+    (its exact dequantized values; the requested dtype is applied tensor by tensor when dlm takes them)."""
     try:
         from transformers import AutoModelForCausalLM
     except ImportError:
         raise CheckpointError(f"{ck.gguf_file}: reading GGUF needs transformers and gguf") from None
     try:
-        hf = AutoModelForCausalLM.from_pretrained(
-            str(ck.folder), gguf_file=ck.gguf_file.name, dtype=dtype or torch.float32
-        )
+        hf = AutoModelForCausalLM.from_pretrained(str(ck.folder), gguf_file=ck.gguf_file.name, dtype=torch.float32)
     except (ValueError, OSError, KeyError, NotImplementedError) as e:
         raise CheckpointError(f"{ck.gguf_file}: transformers could not dequantize this GGUF ({e})") from None
     state = dict(hf.state_dict())
@@ -295,7 +294,7 @@ def load_model(ck: Checkpoint, *, device="cpu", dtype=None) -> Transformer:
     """The checkpoint's weights in dlm's Transformer, on `device`, floating tensors in `dtype` (None: as stored)."""
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     if ck.gguf_file is not None:
-        source = StateDictSource(_gguf_state(ck, dtype), ck.gguf_file)
+        source = StateDictSource(_gguf_state(ck), ck.gguf_file)
     else:
         source = SafetensorsSource(ck.folder)
     return fill_model(ck, source, device=device, dtype=dtype)
