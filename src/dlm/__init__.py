@@ -8,7 +8,8 @@ from .sampling import GenerationConfig, generate  # noqa: E402
 
 
 def load(path, **kw):
-    """Load a dlm folder as a DiffusionLM (model + tokenizer + generation config)."""
+    """Load a checkpoint as a DiffusionLM (model + tokenizer + generation config): a dlm folder, a LLaDA, Dream
+    or LLaMA/Qwen2/Mistral folder, or a GGUF file. Keywords: device=, dtype=, gguf_file=."""
     from .hub import load as _load
 
     return _load(path, **kw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -11,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from .builtin import BUILTIN_MODELS, DEFAULT_MODEL, resolve_model_path
+from .builtin import BUILTIN_MODELS, DEFAULT_MODEL
 from .errors import DLMError, InputError
 from .sampling import Streamer
 
@@ -29,25 +30,42 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
-MODEL_HELP = "A dlm checkpoint folder, or a built-in model: builtin (diffusion, default) or builtin-ar (its AR twin)."
+MODEL_HELP = (
+    "A checkpoint folder (dlm, LLaDA, Dream, LLaMA/Qwen2/Mistral safetensors), a .gguf file, or a built-in model: "
+    "builtin (diffusion, default) or builtin-ar (its AR twin)."
+)
 
 
 def _model_option():
     return typer.Option(DEFAULT_MODEL, "--model", help=MODEL_HELP)
 
 
-def _load(model: str):
+def _dtype_option():
+    return typer.Option(None, "--dtype", help="Weights dtype: fp32 | bf16 | fp16 (default: as stored).")
+
+
+def _device_option():
+    return typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | mps.")
+
+
+def _gguf_option():
+    return typer.Option(None, "--gguf-file", help="GGUF file in the --model folder (dequantized by transformers).")
+
+
+def _load(model: str, dtype: Optional[str] = None, device: str = "cpu", gguf_file: Optional[str] = None):
     from .hub import load
 
     if not model:
         raise InputError("--model", f"empty; pass a checkpoint folder or one of {', '.join(BUILTIN_MODELS)}")
-    return load(model)
+    return load(model, dtype=dtype, device=device, gguf_file=gguf_file)
 
 
 @app.command()
 def generate(
-    prompts: List[str] = typer.Argument(..., help="One or more prompts; several prompts run as one batch."),
+    prompts: Optional[List[str]] = typer.Argument(None, help="One or more prompts; several prompts run as one batch."),
     model: str = _model_option(),
+    chat: Optional[str] = typer.Option(None, "--chat", help="A user message, sent through the model's chat template."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
     gen_length: Optional[int] = typer.Option(None, "--gen-length"),
     steps: Optional[int] = typer.Option(None, "--steps"),
     block_length: Optional[int] = typer.Option(None, "--block-length"),
@@ -60,14 +78,21 @@ def generate(
     entropy_bound: Optional[float] = typer.Option(None, "--entropy-bound", help="Bound of entropy_bound."),
     cache: Optional[str] = typer.Option(None, "--cache", help="none | prefix | dual."),
     cache_refresh: Optional[int] = typer.Option(None, "--cache-refresh", help="Also refresh every N steps."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 (autocast)."),
+    autocast: Optional[str] = typer.Option(None, "--autocast", help="Compute dtype: float32 | bfloat16 (autocast)."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the forward."),
     show_steps: bool = typer.Option(False, "--show-steps", help="Animate the denoising in the terminal."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line per prompt."),
+    dtype: Optional[str] = _dtype_option(),
+    device: str = _device_option(),
+    gguf_file: Optional[str] = _gguf_option(),
 ):
-    """Generate completions of PROMPTs."""
+    """Generate completions of PROMPTs, or answer --chat through the chat template."""
     try:
-        lm = _load(model)
+        if bool(prompts) == (chat is not None):
+            raise InputError("PROMPTS", "pass either prompts or --chat MESSAGE (not both)")
+        if system is not None and chat is None:
+            raise InputError("--system", "only applies with --chat")
+        lm = _load(model, dtype, device, gguf_file)
         overrides = dict(
             gen_length=gen_length,
             steps=steps,
@@ -81,17 +106,25 @@ def generate(
             entropy_bound=entropy_bound,
             cache=cache,
             cache_refresh=cache_refresh,
-            dtype=dtype,
+            dtype=autocast,
             compile=compile_,
         )
         cfg = lm.make_config(None, **overrides)
-        streamer = _TerminalStreamer(lm, prompts, cfg) if show_steps else None
-        t0 = time.perf_counter()
-        if streamer is not None:
-            with streamer:
-                outs = lm.generate(prompts, cfg, streamer=streamer)
+        if chat is not None:
+            messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+                {"role": "user", "content": chat}
+            ]
+            prompt_ids = [lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True)]
         else:
-            outs = lm.generate(prompts, cfg)
+            prompt_ids = [lm.tokenizer.encode_prompt(p) for p in prompts]
+        streamer = _TerminalStreamer(lm, prompt_ids, cfg) if show_steps else None
+        t0 = time.perf_counter()
+        with streamer if streamer is not None else contextlib.nullcontext():
+            if chat is not None:
+                outs = [lm.chat(messages, cfg, streamer=streamer)]
+                outs[0].prompt = chat
+            else:
+                outs = lm.generate(prompts, cfg, streamer=streamer)
         seconds = time.perf_counter() - t0
     except DLMError as e:
         _fail(e)
@@ -110,6 +143,8 @@ def generate(
                     }
                 )
             )
+        elif chat is not None:
+            typer.echo(o.text)
         else:
             typer.echo(o.filled if "<|mask|>" in o.prompt else o.prompt + o.text)
             if len(outs) > 1:
@@ -119,13 +154,10 @@ def generate(
 class _TerminalStreamer(Streamer):
     """Shows each row's canvas, masks as ░, updating in place (rich Live)."""
 
-    def __init__(self, lm, prompts, cfg):
-        self.lm, self.prompts, self.cfg = lm, prompts, cfg
+    def __init__(self, lm, prompt_ids, cfg):
+        self.lm, self.cfg = lm, cfg
         self.tok = lm.tokenizer
-        self.rows = []
-        for p in prompts:
-            ids = self.tok.encode(p)
-            self.rows.append({"prompt": len(ids), "canvas": ids + [None] * cfg.gen_length})
+        self.rows = [{"prompt": len(ids), "canvas": list(ids) + [None] * cfg.gen_length} for ids in prompt_ids]
 
     def __enter__(self):
         from rich.console import Console
@@ -176,12 +208,15 @@ def infill(
     temperature: Optional[float] = typer.Option(None, "--temperature"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
+    dtype: Optional[str] = _dtype_option(),
+    device: str = _device_option(),
+    gguf_file: Optional[str] = _gguf_option(),
 ):
     """Fill LENGTH tokens between a prefix and a suffix."""
     try:
         if length < 1:
             raise InputError("--length", f"got {length}; must be >= 1")
-        lm = _load(model)
+        lm = _load(model, dtype, device, gguf_file)
         o = lm.infill(prefix, suffix, length, steps=steps, temperature=temperature, seed=seed)
     except DLMError as e:
         _fail(e)
@@ -229,13 +264,16 @@ def eval_ppl(
     max_tokens: int = typer.Option(0, "--max-tokens", help="Score at most this many tokens (0 = all)."),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
+    dtype: Optional[str] = _dtype_option(),
+    device: str = _device_option(),
+    gguf_file: Optional[str] = _gguf_option(),
 ):
     """Perplexity on held-out text (ELBO bound for diffusion models, exact for causal ones)."""
     from .eval import pack_texts, perplexity
     from .training.data import expand_sources, iter_documents
 
     try:
-        lm = _load(model)
+        lm = _load(model, dtype, device, gguf_file)
         if seq_len > lm.model.config.max_seq_len:
             raise InputError("--seq-len", f"{seq_len} exceeds the model's max_seq_len {lm.model.config.max_seq_len}")
         texts = [d for _, d in iter_documents(expand_sources(data, "--data")) if isinstance(d, str)]
@@ -275,6 +313,9 @@ def eval_code(
     batch_size: int = typer.Option(8, "--batch-size", help="Task complete only."),
     heal: bool = typer.Option(True, "--heal/--no-heal", help="Feed prompts without trailing whitespace."),
     as_json: bool = typer.Option(False, "--json"),
+    dtype: Optional[str] = _dtype_option(),
+    device: str = _device_option(),
+    gguf_file: Optional[str] = _gguf_option(),
 ):
     """Code quality on held-out Python functions: do completions of their signatures parse (complete), and
     how well are removed lines / token spans filled in (infill-line, infill-span)."""
@@ -290,7 +331,7 @@ def eval_code(
         functions = code.extract_functions(texts)
         if not functions:
             raise InputError("--data", "no Python functions of 3-40 lines found (texts must parse as Python)")
-        lm = _load(model)
+        lm = _load(model, dtype, device, gguf_file)
         kind = "complete" if task == "complete" else "infill"
         usable = code.fit_to_model(lm, functions, task=kind, gen_length=gen_length)
         if not usable:
@@ -366,39 +407,45 @@ def tokenizer_train(
 
 
 @app.command()
-def info(path: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP), as_json: bool = typer.Option(False, "--json")):
-    """Show a checkpoint's config, parameter count, tokenizer and special ids."""
+def info(
+    path: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+    gguf_file: Optional[str] = _gguf_option(),
+):
+    """Show a checkpoint's family, config, parameter count, tokenizer and special ids (reads no weights)."""
     from .configs import to_dict
-    from .hub import load_model_config, load_state_dict
+    from .hub import count_parameters, load_tokenizer, open_checkpoint
+    from .hub.hf_tokenizer import has_tokenizer
 
     try:
-        folder = resolve_model_path(path)
-        cfg, raw = load_model_config(folder)
-        state = load_state_dict(folder)
-        n_params = sum(t.numel() for t in state.values())
+        ck = open_checkpoint(path, gguf_file)
+        cfg, raw = ck.config, ck.raw
+        n_params = count_parameters(ck)
         tok_info = {}
-        if (folder / "tokenizer.json").is_file():
-            from .tokenizer import DLMTokenizer
-
-            tok = DLMTokenizer.from_dir(folder)
+        if has_tokenizer(ck.folder, ck.gguf_file):
+            tok = load_tokenizer(ck.folder, cfg, ck.gguf_file)
             tok_info = {"vocab_size": tok.vocab_size, "special_ids": tok.special_ids}
     except DLMError as e:
         _fail(e)
+    dtype = raw.get("torch_dtype") or raw.get("dtype")
     out = {
         "path": str(path),
+        "family": ck.family.name,
         "parameters": n_params,
-        "dtype": raw.get("torch_dtype"),
+        "dtype": dtype,
         "config": to_dict(cfg),
-        "diffusion": raw.get("diffusion"),
+        "diffusion": raw.get("diffusion") if ck.is_dlm else None,
         "tokenizer": tok_info,
     }
     if as_json:
         typer.echo(json.dumps(out))
         return
-    typer.echo(f"{path}: {n_params / 1e6:.2f}M parameters ({raw.get('torch_dtype')}), attention {cfg.attention}")
+    typer.echo(
+        f"{path}: {ck.family.name} checkpoint, {n_params / 1e6:.2f}M parameters ({dtype}), attention {cfg.attention}"
+    )
     for k, v in to_dict(cfg).items():
         typer.echo(f"  {k}: {v}")
-    if raw.get("diffusion"):
+    if out["diffusion"]:
         typer.echo(f"  diffusion: {raw['diffusion']}")
     if tok_info:
         typer.echo(f"  tokenizer: {tok_info['vocab_size']} tokens; special ids {tok_info['special_ids']}")
@@ -413,6 +460,25 @@ def bench(ctx: typer.Context):
     from . import bench as bench_module
 
     raise typer.Exit(bench_module.main(list(ctx.args)))
+
+
+@app.command()
+def convert(
+    src: str = typer.Argument(..., help="Any supported checkpoint folder or .gguf file."),
+    dst: Path = typer.Argument(..., help="Output folder (written atomically)."),
+    to: str = typer.Option("dlm", "--to", help="Output layout: dlm | llada."),
+    dtype: Optional[str] = _dtype_option(),
+    max_shard_size: str = typer.Option("2GB", "--max-shard-size", help="Shard the weights above this size."),
+    gguf_file: Optional[str] = _gguf_option(),
+):
+    """Write SRC as a dlm folder, or (--to llada) in LLaDA's layout for the LLaDA ecosystem."""
+    from .hub import convert as convert_checkpoint
+
+    try:
+        out = convert_checkpoint(src, dst, to=to, dtype=dtype, max_shard_size=max_shard_size, gguf_file=gguf_file)
+    except DLMError as e:
+        _fail(e)
+    typer.echo(f"wrote {to} folder {out}")
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Training corpora.")

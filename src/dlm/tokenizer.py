@@ -267,6 +267,11 @@ class DLMTokenizer:
                 raise InputError(f"texts[{i}]", f"expected a str, got {type(t).__name__}")
         return [e.ids for e in self._backend_for(parse_special).encode_batch(list(texts), add_special_tokens=False)]
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids of a prompt that starts a sequence. dlm models take no BOS, so this is `encode(text)`; foreign
+        tokenizers (dlm.hub.hf_tokenizer.HFTokenizer) add what their model expects there."""
+        return self.encode(text)
+
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         if hasattr(ids, "tolist"):
             ids = ids.tolist()

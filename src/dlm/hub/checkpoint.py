@@ -18,21 +18,15 @@ from ..builtin import resolve_model_path
 from ..configs import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError
 from ..model import ModelConfig, Transformer
+from .families.dlm import META_KEYS
+from .loading import DTYPES, resolve_dtype  # noqa: F401  (re-exported: dlm.hub.checkpoint.resolve_dtype)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
 MODEL_TYPE = "dlm"
-_META_KEYS = {"model_type", "architectures", "torch_dtype", "diffusion", "dlm_version", "transformers_version"}
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+_META_KEYS = META_KEYS
 
 
 def parse_size(size: int | str) -> int:
@@ -43,14 +37,6 @@ def parse_size(size: int | str) -> int:
         raise ConfigError("max_shard_size", f"got {size!r}; use bytes or a size like '500MB', '2GB'")
     mult = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}[m.group(2)]
     return int(float(m.group(1)) * mult)
-
-
-def resolve_dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ConfigError("dtype", f"got {dtype!r}; allowed: {', '.join(sorted(DTYPES))}")
-    return DTYPES[dtype]
 
 
 def _atomic_dir(out_dir: Path):
@@ -197,26 +183,10 @@ def load_state_dict(path: str | Path, device="cpu", dtype=None) -> dict[str, tor
     return state
 
 
-def from_pretrained(path: str | Path, *, device="cpu", dtype=None) -> Transformer:
-    """Build the Transformer from a dlm folder; every missing, unexpected or misshapen tensor is named."""
-    path = resolve_model_path(path)
-    config, _ = load_model_config(path)
-    state = load_state_dict(path, device=device, dtype=dtype)
-    with torch.device("meta"):
-        model = Transformer(config)
-    expected = {k: v for k, v in model.state_dict().items() if not (k == "lm_head.weight" and config.tie_embeddings)}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not match config.json; missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    for k, v in expected.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise CheckpointError(
-                f"{path}: tensor {k} has shape {tuple(state[k].shape)}, config implies {tuple(v.shape)}"
-            )
-    model.load_state_dict(state, strict=False, assign=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
-    return model.eval()
+def from_pretrained(path: str | Path, *, device="cpu", dtype=None, gguf_file: str | None = None) -> Transformer:
+    """Build the Transformer from any supported folder (dlm, LLaDA, Dream, LLaMA/Qwen2/Mistral safetensors, or a
+    GGUF file): the family comes from config.json, tensors are checked (every missing, unexpected, misshapen
+    or non-float tensor is named with its file) and then read one at a time into the meta-built network."""
+    from .loading import load_model, open_checkpoint
+
+    return load_model(open_checkpoint(path, gguf_file), device=device, dtype=dtype)

@@ -14,8 +14,9 @@ from ..diffusion import DiffusionConfig
 from ..errors import CheckpointError, ConfigError, InputError
 from ..sampling import GenerationConfig, generate
 from ..sampling.autoregressive import generate_autoregressive
-from ..builtin import resolve_model_path
-from .checkpoint import GENERATION_CONFIG_NAME, from_pretrained, load_model_config, save_pretrained
+from .checkpoint import GENERATION_CONFIG_NAME, save_pretrained
+from .hf_tokenizer import load_tokenizer
+from .loading import Checkpoint, load_model, open_checkpoint, resolve_device
 
 
 @dataclass
@@ -47,21 +48,22 @@ class DiffusionLM:
         self.path = path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device="cpu", dtype=None) -> "DiffusionLM":
-        from ..tokenizer import DLMTokenizer
+    def from_pretrained(
+        cls, path: str | Path, *, device="cpu", dtype=None, gguf_file: str | None = None
+    ) -> "DiffusionLM":
+        """Any supported folder (dlm, LLaDA, Dream, LLaMA/Qwen2/Mistral) or GGUF file, with its tokenizer.
+        Foreign folders get their family's sampling defaults; dlm folders their generation_config.json.
 
-        path = resolve_model_path(path)
-        model = from_pretrained(path, device=device, dtype=dtype)
-        _, raw = load_model_config(path)
-        diff = DiffusionConfig(**raw["diffusion"]) if "diffusion" in raw else None
-        gen = None
-        if (path / GENERATION_CONFIG_NAME).is_file():
-            try:
-                gen = from_dict(GenerationConfig, json.loads((path / GENERATION_CONFIG_NAME).read_text()))
-            except (json.JSONDecodeError, ConfigError) as e:
-                raise CheckpointError(f"{path / GENERATION_CONFIG_NAME}: {e}") from None
-        tokenizer = DLMTokenizer.from_dir(path)
-        return cls(model, tokenizer, gen, diff, str(path))
+        dtype None: as stored, except on CPU, where weights are computed in float32 (half-precision matmuls on
+        CPU round differently for different batch shapes, so a batch would not give exactly each prompt's
+        tokens alone); pass dtype="bf16" for speed."""
+        ck = open_checkpoint(path, gguf_file)
+        if dtype is None and resolve_device(device).type == "cpu":
+            dtype = "fp32"
+        model = load_model(ck, device=device, dtype=dtype)
+        gen, diff = checkpoint_settings(ck)
+        tokenizer = load_tokenizer(ck.folder, ck.config, ck.gguf_file)
+        return cls(model, tokenizer, gen, diff, str(ck.gguf_file or ck.folder))
 
     def save_pretrained(self, out_dir, **kw):
         return save_pretrained(
@@ -100,11 +102,23 @@ class DiffusionLM:
         **overrides,
     ) -> list[Completion]:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        cfg = self.make_config(config, **overrides)
-        ids = [self.tokenizer.encode(p) for p in prompts]
+        ids = [self.tokenizer.encode_prompt(p) for p in prompts]
         sfx = [self.tokenizer.encode(s) for s in suffixes] if suffixes is not None else None
+        return self._complete(prompts, ids, self.make_config(config, **overrides), streamer, sfx)
+
+    def chat(
+        self, messages: str | list[dict], config: GenerationConfig | None = None, *, streamer=None, **overrides
+    ) -> Completion:
+        """Answer a conversation (a str is one user message) through the tokenizer's chat template."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = self.tokenizer.encode(text)
+        return self._complete([text], [ids], self.make_config(config, **overrides), streamer, None)[0]
+
+    def _complete(self, prompts, ids, cfg, streamer, sfx) -> list[Completion]:
         if self.is_causal:  # the AR twin: left-to-right with a KV cache
-            if suffixes is not None:
+            if sfx is not None:
                 raise InputError(
                     "suffixes",
                     "a causal (autoregressive) model cannot condition on a suffix; "
@@ -146,6 +160,22 @@ class DiffusionLM:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+def checkpoint_settings(ck: Checkpoint) -> tuple[GenerationConfig | None, DiffusionConfig | None]:
+    """(generation, diffusion) settings: a dlm folder's generation_config.json and `diffusion` section; for a
+    foreign family its published sampling defaults (and the masked process for diffusion families)."""
+    if not ck.is_dlm:
+        return GenerationConfig(**ck.family.generation_defaults()), DiffusionConfig() if ck.family.diffusion else None
+    diff = DiffusionConfig(**ck.raw["diffusion"]) if "diffusion" in ck.raw else None
+    gen = None
+    gen_file = ck.folder / GENERATION_CONFIG_NAME
+    if gen_file.is_file():
+        try:
+            gen = from_dict(GenerationConfig, json.loads(gen_file.read_text()))
+        except (json.JSONDecodeError, ConfigError) as e:
+            raise CheckpointError(f"{gen_file}: {e}") from None
+    return gen, diff
 
 
 def load(path: str | Path, **kw) -> DiffusionLM:

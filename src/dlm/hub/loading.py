@@ -1,0 +1,314 @@
+"""Load any supported checkpoint into dlm's Transformer without executing anything from it.
+
+`open_checkpoint(path)` reads config.json (or a GGUF's metadata), picks the family and builds the ModelConfig.
+`load_model(checkpoint, device=, dtype=)` builds the network on the meta device, checks every tensor's name,
+shape and dtype against the config from the safetensors headers alone (nothing is read before the whole
+folder checks out), then fills the parameters one tensor at a time: each tensor is allocated once in the
+target dtype on the target device and copied in row chunks of at most CHUNK_BYTES from a safetensors slice
+(mmap), so peak memory is the model in the target dtype plus about two chunks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from ..builtin import resolve_model_path
+from ..errors import CheckpointError, ConfigError
+from ..model import ModelConfig, Transformer
+from .families import Family, family_for
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+CHUNK_BYTES = 16 << 20
+FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError("dtype", f"got {dtype!r}; allowed: {', '.join(sorted(DTYPES))}")
+    return DTYPES[dtype]
+
+
+def resolve_device(device) -> torch.device:
+    """cpu, cuda, cuda:N or mps; refuses a device this machine does not have."""
+    try:
+        dev = torch.device(device or "cpu")
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", f"got {device!r}; allowed: cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"got {device!r} but CUDA is not available on this machine; use cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device", f"got {device!r} but MPS is not available on this machine; use cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError("device", f"got {device!r}; allowed: cpu, cuda, cuda:N, mps")
+    return dev
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing file (a checkpoint folder needs {path.name})")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: corrupt JSON (expected an object)")
+    return raw
+
+
+@dataclass
+class Checkpoint:
+    """A recognised checkpoint: where it is, its family, its raw config and the dlm ModelConfig."""
+
+    folder: Path
+    family: Family
+    raw: dict
+    config: ModelConfig
+    config_file: Path  # config.json, or the GGUF file
+    gguf_file: Path | None = None
+
+    @property
+    def is_dlm(self) -> bool:
+        return self.family.name == "dlm"
+
+
+def _gguf_path(p: Path, gguf_file: str | None) -> Path | None:
+    if gguf_file:
+        g = Path(gguf_file)
+        g = g if g.is_absolute() or not p.is_dir() else p / g
+        if not g.is_file():
+            raise CheckpointError(f"{g}: no such GGUF file")
+        return g
+    if p.is_file() and p.suffix == ".gguf":
+        return p
+    if p.is_dir() and not (p / CONFIG_NAME).exists():
+        found = sorted(p.glob("*.gguf"))
+        if len(found) == 1:
+            return found[0]
+        if found:
+            names = ", ".join(f.name for f in found)
+            raise CheckpointError(f"{p}: several GGUF files ({names}); pick one with --gguf-file / gguf_file=")
+    return None
+
+
+def gguf_config(gguf: Path) -> dict:
+    """The model config stored in a GGUF file, as transformers' GGUF reader maps it to HF config keys."""
+    try:
+        from transformers import AutoConfig
+    except ImportError:
+        raise CheckpointError(
+            f"{gguf}: reading GGUF needs transformers and gguf (pip install transformers gguf)"
+        ) from None
+    try:
+        return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name).to_dict()
+    except (ValueError, OSError, KeyError, NotImplementedError) as e:
+        raise CheckpointError(f"{gguf}: unreadable GGUF file ({e})") from None
+
+
+def open_checkpoint(path: str | Path, gguf_file: str | None = None) -> Checkpoint:
+    """Recognise the folder (or GGUF file) at `path` and map its config onto a dlm ModelConfig."""
+    p = resolve_model_path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint folder")
+    gguf = _gguf_path(p, gguf_file)
+    if gguf is not None:
+        raw = gguf_config(gguf)
+        family = family_for(raw, gguf)
+        if family.name == "dlm":
+            raise CheckpointError(f"{gguf}: GGUF files hold foreign models, not the dlm format")
+        return Checkpoint(gguf.parent, family, raw, family.model_config(raw, gguf), gguf, gguf)
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: not a checkpoint folder (nor a .gguf file)")
+    cfg_file = p / CONFIG_NAME
+    raw = read_json(cfg_file)
+    family = family_for(raw, cfg_file)
+    return Checkpoint(p, family, raw, family.model_config(raw, cfg_file), cfg_file)
+
+
+# ---- where the tensors are ---------------------------------------------------------------------------
+class SafetensorsSource:
+    """Checkpoint key -> (file, shape, dtype) from the headers of a folder's safetensors files (index or single)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.entries: dict[str, tuple[Path, tuple[int, ...], str]] = {}
+        index_file = folder / INDEX_NAME
+        if index_file.is_file():
+            weight_map = read_json(index_file).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(f"{index_file}: empty or malformed weight_map")
+            self.where = index_file
+            by_file: dict[str, list[str]] = {}
+            for k, f in weight_map.items():
+                by_file.setdefault(f, []).append(k)
+            for fname, keys in sorted(by_file.items()):
+                f = folder / fname
+                if not f.is_file():
+                    shown = ", ".join(sorted(keys)[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+                    raise CheckpointError(f"{f}: missing weight shard listed in the index (it holds {shown})")
+                found = self._scan(f)
+                for k in keys:
+                    if k not in found:
+                        raise CheckpointError(f"{f}: tensor {k} is listed in {index_file.name} but not in this file")
+        elif (folder / WEIGHTS_NAME).is_file():
+            self.where = folder / WEIGHTS_NAME
+            self._scan(self.where)
+        else:
+            pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+            why = f"; {', '.join(pickles[:3])} (pickle) is not read, only safetensors" if pickles else ""
+            raise CheckpointError(f"{folder}: missing weights ({WEIGHTS_NAME} or {INDEX_NAME}){why}")
+
+    def _scan(self, f: Path) -> set[str]:
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                keys = set(fh.keys())
+                for k in keys:
+                    sl = fh.get_slice(k)
+                    self.entries.setdefault(k, (f, tuple(sl.get_shape()), sl.get_dtype()))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{f}: corrupt or unreadable safetensors file ({e})") from None
+        return keys
+
+    def take(self, key: str, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+        """Tensor `key`, allocated once in `dtype` (None: as stored) on `device`."""
+        _, shape, dt = self.entries[key]
+        dest = torch.empty(shape, dtype=dtype or FLOAT_DTYPES[dt], device=device)
+        self.read_into(key, dest)
+        return dest
+
+    def read_into(self, key: str, dest: torch.Tensor) -> None:
+        """Copy tensor `key` into `dest` (converting dtype/device) in row chunks, reopening the file for each
+        chunk so that no more than one chunk of it is ever mapped."""
+        f, shape, dt = self.entries[key]
+        if not shape:
+            shape, dest = (1,), dest.view(1)
+        row = FLOAT_DTYPES[dt].itemsize * (dest[0].numel() if dest.dim() > 1 else 1)
+        step = max(1, CHUNK_BYTES // max(1, row))
+        try:
+            for a in range(0, shape[0], step):
+                with safe_open(str(f), framework="pt") as fh:
+                    part = fh.get_slice(key)[a : a + step]
+                dest[a : a + step].copy_(part.reshape(dest[a : a + step].shape))
+                del part
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{f}: corrupt or unreadable tensor {key} ({e})") from None
+
+
+class StateDictSource:
+    """Tensors already in memory (a dequantized GGUF); handed over one at a time and dropped."""
+
+    def __init__(self, state: dict[str, torch.Tensor], where: Path):
+        self.state, self.where = state, where
+        inv = {v: k for k, v in FLOAT_DTYPES.items()}
+        self.entries = {k: (where, tuple(t.shape), inv.get(t.dtype, str(t.dtype))) for k, t in state.items()}
+
+    def take(self, key: str, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+        """The tensor itself when dtype and device already match (no copy), else a converted copy."""
+        t = self.state.pop(key)
+        return t.to(device=device, dtype=dtype or t.dtype).contiguous()
+
+
+# ---- filling the model ---------------------------------------------------------------------------------
+def check_tensors(ck: Checkpoint, source, config: ModelConfig | None = None) -> dict[str, str]:
+    """Validate names, shapes and dtypes before reading anything; returns dlm key -> checkpoint key."""
+    config = config or ck.config
+    kmap = ck.family.key_map(config)
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in Transformer(config).state_dict().items()}
+    wanted = set(kmap.values())
+    missing = sorted(c for c in kmap.values() if c not in source.entries)
+    tied_head = ck.family.checkpoint_key("lm_head.weight") if config.tie_embeddings else None
+    unexpected = sorted(k for k in source.entries if k not in wanted and k != tied_head and not ck.family.is_ignored(k))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source.where}: weights do not match {ck.config_file.name} ({ck.family.name} layout); "
+            f"missing {missing[:5]}{' …' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}"
+        )
+    for key, ckey in kmap.items():
+        f, shape, dt = source.entries[ckey]
+        if dt not in FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{f}: tensor {ckey} is stored as {dt}; expected a floating-point weight ({', '.join(FLOAT_DTYPES)})"
+            )
+        if shape != shapes[key]:
+            raise CheckpointError(f"{f}: tensor {ckey} has shape {shape}, {ck.config_file.name} implies {shapes[key]}")
+    return kmap
+
+
+def _set_parameter(model: nn.Module, key: str, value: torch.Tensor) -> None:
+    owner, _, leaf = key.rpartition(".")
+    setattr(model.get_submodule(owner) if owner else model, leaf, nn.Parameter(value))
+
+
+def fill_model(ck: Checkpoint, source, *, device, dtype, config: ModelConfig | None = None) -> Transformer:
+    """A Transformer for ck.config with every parameter read from `source` (validated first)."""
+    config = config or ck.config
+    kmap = check_tensors(ck, source, config)
+    with torch.device("meta"):
+        model = Transformer(config)
+    for key, ckey in sorted(kmap.items(), key=lambda kv: str(source.entries[kv[1]][0])):
+        _set_parameter(model, key, source.take(ckey, dtype, device))
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:  # pragma: no cover - check_tensors covers every stored key
+        raise CheckpointError(f"{ck.folder}: parameters left unfilled: {left[:5]}")
+    return model.eval()
+
+
+def _gguf_state(ck: Checkpoint) -> dict[str, torch.Tensor]:
+    """Dequantize a GGUF through transformers (its own reader and tensor processors: not remote code), in fp32
+    (its exact dequantized values; the requested dtype is applied tensor by tensor when dlm takes them)."""
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        raise CheckpointError(f"{ck.gguf_file}: reading GGUF needs transformers and gguf") from None
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(str(ck.folder), gguf_file=ck.gguf_file.name, dtype=torch.float32)
+    except (ValueError, OSError, KeyError, NotImplementedError) as e:
+        raise CheckpointError(f"{ck.gguf_file}: transformers could not dequantize this GGUF ({e})") from None
+    state = dict(hf.state_dict())
+    del hf
+    return state
+
+
+def load_model(ck: Checkpoint, *, device="cpu", dtype=None) -> Transformer:
+    """The checkpoint's weights in dlm's Transformer, on `device`, floating tensors in `dtype` (None: as stored)."""
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    if ck.gguf_file is not None:
+        source = StateDictSource(_gguf_state(ck), ck.gguf_file)
+    else:
+        source = SafetensorsSource(ck.folder)
+    return fill_model(ck, source, device=device, dtype=dtype)
+
+
+def count_parameters(ck: Checkpoint) -> int:
+    """Parameters stored in the checkpoint, from the headers alone (a GGUF: from the config)."""
+    if ck.gguf_file is not None:
+        return ck.config.num_parameters()
+    source = SafetensorsSource(ck.folder)
+    total = 0
+    for _, shape, _ in source.entries.values():
+        n = 1
+        for s in shape:
+            n *= s
+        total += n
+    return total

@@ -1,0 +1,52 @@
+"""`dlm` on foreign checkpoint folders, end to end in subprocesses: info, generate --chat, convert."""
+
+import json
+
+from ..foreign import write_dream, write_llada, write_llada_tokenizer
+from .test_cli import dlm
+
+
+def test_llada_folder_info_chat_and_convert(tmp_path):
+    src = tmp_path / "LLaDA-tiny"
+    write_llada(src)
+    write_llada_tokenizer(src)
+
+    info = json.loads(dlm("info", src, "--json").stdout)
+    assert info["family"] == "llada" and info["config"]["mask_token_id"] == 90
+    assert info["parameters"] == 2 * 128 * 32 + 32 + 2 * (4 * 32 * 32 + 3 * 32 * 48 + 2 * 32)
+    assert info["tokenizer"]["special_ids"]["mask"] == 90
+
+    p = dlm(
+        "generate", "--model", src, "--chat", "hello world", "--system", "be brief", "--dtype", "fp32",
+        "--device", "cpu", "--gen-length", "8", "--steps", "8", "--block-length", "8", "--json",
+    )  # fmt: skip
+    row = json.loads(p.stdout)
+    assert row["prompt"] == "hello world" and 1 <= row["nfe"] <= 8 and "<|mdm_mask|>" not in row["text"]
+
+    p = dlm("convert", src, tmp_path / "as-dlm", "--dtype", "bf16")
+    assert "wrote dlm folder" in p.stdout
+    back = json.loads((tmp_path / "as-dlm" / "config.json").read_text())
+    assert back["model_type"] == "dlm" and back["torch_dtype"] == "bfloat16" and back["mask_token_id"] == 90
+    dlm("convert", tmp_path / "as-dlm", tmp_path / "llada-again", "--to", "llada")
+    assert json.loads((tmp_path / "llada-again" / "config.json").read_text())["model_type"] == "llada"
+
+
+def test_errors_name_the_problem(tmp_path):
+    from typer.testing import CliRunner
+
+    from dlm.cli import app
+
+    def run(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    write_dream(tmp_path / "d", model_type="mamba")
+    r = run("generate", "hi", "--model", tmp_path / "d")
+    assert r.exit_code == 2 and "model_type 'mamba' is not supported" in r.output
+    write_dream(tmp_path / "d2")
+    r = run("generate", "--model", tmp_path / "d2", "--dtype", "fp8", "--chat", "hi")
+    assert r.exit_code == 2 and "dtype: got 'fp8'" in r.output
+    r = run("generate", "hi", "--model", tmp_path / "d2", "--chat", "hi")
+    assert r.exit_code == 2 and "either prompts or --chat" in r.output
+    r = run("convert", tmp_path / "d2", tmp_path / "out", "--to", "llada")
+    assert r.exit_code == 2 and "cannot write the LLaDA layout: shift_logits=True" in r.output
+    assert not (tmp_path / "out").exists()
