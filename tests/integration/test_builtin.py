@@ -1,0 +1,138 @@
+"""The built-in models shipped inside the package (issue 3): they load, they are the twins the model card says,
+generation with them is deterministic under a seed and batch-invariant, and the CLI uses them by default with
+the network cut (`unshare -n`)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from dlm import load
+from dlm.builtin import BUILTIN_MODELS, DEFAULT_MODEL, builtin_path, resolve_model_path
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "DLM_SHOW_STEPS_DELAY": "0"}
+PROMPTS = ["def fibonacci(n):", "import os\n\n\ndef read_lines(path):", "class Stack:\n    def push(self, item):"]
+
+
+def _net_cut_prefix() -> list[str]:
+    """`unshare -n` (a new, empty network namespace) where the machine allows it; HF_HUB_OFFLINE=1 always."""
+    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
+        return ["unshare", "-n"]
+    return []
+
+
+def dlm(*args):
+    p = subprocess.run(
+        [*_net_cut_prefix(), sys.executable, "-m", "dlm.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
+    assert p.returncode == 0, f"dlm {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+@pytest.fixture(scope="module", params=["builtin", "builtin-ar"])
+def lm(request):
+    return load(request.param)
+
+
+def test_names_resolve_to_package_folders():
+    assert DEFAULT_MODEL == "builtin"
+    assert resolve_model_path("builtin") == resolve_model_path("builtin-diffusion") == builtin_path("builtin")
+    assert resolve_model_path("builtin-ar").name == "python-ar"
+    for name in BUILTIN_MODELS:
+        assert (builtin_path(name) / "config.json").is_file(), name
+
+
+def test_existing_folder_wins_over_builtin_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "builtin").mkdir()
+    assert resolve_model_path("builtin") == tmp_path.joinpath("builtin").relative_to(tmp_path)
+
+
+def test_shipped_weights_are_small_bf16_twins():
+    diff, ar = builtin_path("builtin"), builtin_path("builtin-ar")
+    cfgs = {}
+    for folder in (diff, ar):
+        size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+        assert size <= 20_000_000, f"{folder}: {size} bytes of weights"
+        with safe_open(str(folder / "model.safetensors"), "pt") as fh:
+            dtypes = {fh.get_slice(k).get_dtype() for k in fh.keys()}
+            n_params = sum(_numel(fh.get_slice(k).get_shape()) for k in fh.keys())
+        assert dtypes == {"BF16"}
+        assert n_params <= 10_500_000
+        cfgs[folder.name] = json.loads((folder / "config.json").read_text())
+    a, b = cfgs["python-diffusion"], cfgs["python-ar"]
+    assert a.pop("attention") == "bidirectional" and b.pop("attention") == "causal"
+    a.pop("diffusion", None), b.pop("diffusion", None)
+    assert a == b, "the twins differ in more than attention"
+    assert (diff / "tokenizer.json").read_bytes() == (ar / "tokenizer.json").read_bytes()
+    sa = json.loads((diff / "training_summary.json").read_text())
+    sb = json.loads((ar / "training_summary.json").read_text())
+    assert sa["objective"] == "diffusion" and sb["objective"] == "ar"
+    assert sa["tokens"] == sb["tokens"], "same token budget"
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def test_loads_with_its_tokenizer_and_settings(lm):
+    cfg = lm.model.config
+    assert next(lm.model.parameters()).dtype == torch.float32  # stored bf16, computed in fp32 on CPU
+    assert cfg.mask_token_id == lm.tokenizer.mask_token_id and cfg.eos_token_id == lm.tokenizer.eos_token_id
+    assert lm.is_causal == (cfg.attention == "causal")
+    lm.generation_config.validate()
+
+
+def test_seeded_generation_is_deterministic(lm):
+    kw = dict(gen_length=32, temperature=0.8, seed=1234)
+    a = [o.tokens for o in lm.generate(PROMPTS, **kw)]
+    b = [o.tokens for o in lm.generate(PROMPTS, **kw)]
+    assert a == b
+    c = [o.tokens for o in lm.generate(PROMPTS, **{**kw, "seed": 99})]
+    assert c != a, "the seed has no effect"
+
+
+def test_batch_gives_what_each_prompt_gives_alone(lm):
+    for kw in (dict(gen_length=32, temperature=0.0), dict(gen_length=32, temperature=0.8, seed=5)):
+        batch = [o.tokens for o in lm.generate(PROMPTS, **kw)]
+        alone = [lm.generate(p, **kw)[0].tokens for p in PROMPTS]
+        assert batch == alone, kw
+
+
+def test_diffusion_model_writes_python():
+    """Not a quality bar (the model card has those numbers): the greedy default completion is code-like text,
+    not a run of one token."""
+    lm = load("builtin")
+    text = lm.generate("def fibonacci(n):", seed=0)[0].text
+    assert len(set(text.split())) >= 5, text
+
+
+def test_cli_uses_builtin_by_default_offline():
+    p = dlm("generate", "def fibonacci(n):", "--gen-length", "32", "--seed", "0", "--json")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["tokens"] > 0 and out["text"]
+    expect = load("builtin").generate("def fibonacci(n):", gen_length=32, seed=0)[0].text
+    assert out["text"] == expect
+
+    p = dlm("infill", "--prefix", "def add(a, b):\n    return ", "--suffix", "\n", "--length", "4", "--json")
+    fill = json.loads(p.stdout.strip().splitlines()[-1])
+    assert fill["text"].strip(), fill
+
+    p = dlm("generate", "def fibonacci(n):", "--model", "builtin-ar", "--gen-length", "16", "--json")
+    assert json.loads(p.stdout.strip().splitlines()[-1])["tokens"] > 0
+
+    p = dlm("info", "--json")
+    info = json.loads(p.stdout)
+    assert info["config"]["attention"] == "bidirectional" and info["parameters"] <= 10_500_000
