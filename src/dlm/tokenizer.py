@@ -114,7 +114,26 @@ def _train(paths, texts, vocab_size, out_dir, min_frequency) -> "DLMTokenizer":
     return out
 
 
-class DLMTokenizer:
+class TokenEncoding:
+    """encode / encode_batch over a class's `_backend_for(parse_special)` (a `tokenizers.Tokenizer`); shared by
+    DLMTokenizer and the foreign-folder HFTokenizer."""
+
+    def encode(self, text: str, parse_special: bool = True) -> list[int]:
+        """Token ids of `text`; no BOS/EOS is added. With parse_special (prompts), "<|mask|>" in the text
+        becomes the mask token (filled in place by the sampler); without it (training data, scored
+        text) special-token strings are ordinary text."""
+        if not isinstance(text, str):
+            raise InputError("text", f"expected a str, got {type(text).__name__}")
+        return self._backend_for(parse_special).encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str], parse_special: bool = True) -> list[list[int]]:
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"texts[{i}]", f"expected a str, got {type(t).__name__}")
+        return [e.ids for e in self._backend_for(parse_special).encode_batch(list(texts), add_special_tokens=False)]
+
+
+class DLMTokenizer(TokenEncoding):
     """Thin wrapper over a `tokenizers.Tokenizer` with dlm's special tokens and chat template."""
 
     def __init__(
@@ -252,20 +271,6 @@ class DLMTokenizer:
             self._plain = tokenizers.Tokenizer.from_str(self._tok.to_str())
             self._plain.encode_special_tokens = True
         return self._plain
-
-    def encode(self, text: str, parse_special: bool = True) -> list[int]:
-        """Token ids of `text`; no BOS/EOS is added. With parse_special (prompts), "<|mask|>" in the text
-        becomes the mask token (filled in place by the sampler); without it (training data, scored
-        text) special-token strings are ordinary text."""
-        if not isinstance(text, str):
-            raise InputError("text", f"expected a str, got {type(text).__name__}")
-        return self._backend_for(parse_special).encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str], parse_special: bool = True) -> list[list[int]]:
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InputError(f"texts[{i}]", f"expected a str, got {type(t).__name__}")
-        return [e.ids for e in self._backend_for(parse_special).encode_batch(list(texts), add_special_tokens=False)]
 
     def encode_prompt(self, text: str) -> list[int]:
         """Ids of a prompt that starts a sequence. dlm models take no BOS, so this is `encode(text)`; foreign

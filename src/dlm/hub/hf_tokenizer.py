@@ -18,6 +18,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 
 from ..errors import CheckpointError, InputError
 from ..model import ModelConfig
+from ..tokenizer import TokenEncoding
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -103,7 +104,7 @@ def _added_tokens(folder: Path, config: dict) -> dict[int, tuple[str, dict]]:
     return {i: (c, s) for i, (c, s) in out.items()}
 
 
-class HFTokenizer:
+class HFTokenizer(TokenEncoding):
     """`tokenizers.Tokenizer` + the folder's special tokens and chat template (jinja2, rendered in a sandbox
     with the same settings and helpers as transformers)."""
 
@@ -254,18 +255,6 @@ class HFTokenizer:
             self._plain = tokenizers.Tokenizer.from_str(self._tok.to_str())
             self._plain.encode_special_tokens = True
         return self._plain
-
-    def encode(self, text: str, parse_special: bool = True) -> list[int]:
-        """Ids of `text`, no special tokens added (as DLMTokenizer.encode)."""
-        if not isinstance(text, str):
-            raise InputError("text", f"expected a str, got {type(text).__name__}")
-        return self._backend_for(parse_special).encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str], parse_special: bool = True) -> list[list[int]]:
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InputError(f"texts[{i}]", f"expected a str, got {type(t).__name__}")
-        return [e.ids for e in self._backend_for(parse_special).encode_batch(list(texts), add_special_tokens=False)]
 
     def encode_prompt(self, text: str) -> list[int]:
         """Ids of a prompt that starts a sequence: the folder's post-processor adds what the model expects
