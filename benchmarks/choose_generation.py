@@ -5,7 +5,7 @@ split, which the model card reports on):
   - complete: share of seeded completions of function signatures whose body parses (`ast`);
   - infill-line: exact match of a removed line, filled with the setting's policy/temperature.
 The score is parse_rate + exact_match; among settings within `--tolerance` of the best score, the cheapest
-(fewest steps) wins, then the higher score, then the higher infill ast-valid rate. With --write the chosen
+(fewest forward passes, NFE) wins, then the higher score, then the higher infill ast-valid rate. With --write the chosen
 settings are merged into the folder's generation_config.json (gen_length stays the folder's).
 
     python benchmarks/choose_generation.py --model runs/builtin-diffusion/final [-n 40] [--write] [--json]
@@ -86,10 +86,15 @@ def main(argv=None) -> int:
         for div in (2, 4):
             c = {k: best[k] for k in ("policy", "temperature", "block_length")} | {"steps": a.gen_length // div}
             rows.append(measure(lm, c, prompts, tasks, a.gen_length, a.seed))
+        # parallel decoding (issue 5): commit every position above a confidence threshold, with and without cache
+        for tau, cache in ((0.9, "none"), (0.7, "none"), (0.9, "dual")):
+            c = {k: best[k] for k in ("temperature", "block_length")} | {
+                "policy": "threshold", "threshold": tau, "cache": cache, "steps": a.gen_length}
+            rows.append(measure(lm, c, prompts, tasks, a.gen_length, a.seed))
     top = max(r["score"] for r in rows)
     ok = [r for r in rows if r["score"] >= top - a.tolerance]
-    chosen = min(ok, key=lambda r: (r.get("steps", 0), *(-q for q in quality(r))))
-    keys = ("policy", "temperature", "top_p", "block_length", "steps")
+    chosen = min(ok, key=lambda r: (r["nfe_mean"], *(-q for q in quality(r))))
+    keys = ("policy", "temperature", "top_p", "block_length", "steps", "threshold", "cache")
     choice = {k: chosen[k] for k in keys if k in chosen}
     if not lm.is_causal:  # express steps/blocks as ratios of gen_length so they apply to the default gen_length
         g = lm.generation_config.gen_length

@@ -10,10 +10,12 @@ target dtype on the target device and copied in row chunks of at most CHUNK_BYTE
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
@@ -211,20 +213,6 @@ class SafetensorsSource:
             raise CheckpointError(f"{f}: corrupt or unreadable tensor {key} ({e})") from None
 
 
-class StateDictSource:
-    """Tensors already in memory (a dequantized GGUF); handed over one at a time and dropped."""
-
-    def __init__(self, state: dict[str, torch.Tensor], where: Path):
-        self.state, self.where = state, where
-        inv = {v: k for k, v in FLOAT_DTYPES.items()}
-        self.entries = {k: (where, tuple(t.shape), inv.get(t.dtype, str(t.dtype))) for k, t in state.items()}
-
-    def take(self, key: str, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
-        """The tensor itself when dtype and device already match (no copy), else a converted copy."""
-        t = self.state.pop(key)
-        return t.to(device=device, dtype=dtype or t.dtype).contiguous()
-
-
 # ---- filling the model ---------------------------------------------------------------------------------
 def check_tensors(ck: Checkpoint, source, config: ModelConfig | None = None) -> dict[str, str]:
     """Validate names, shapes and dtypes before reading anything; returns dlm key -> checkpoint key."""
@@ -274,27 +262,94 @@ def fill_model(ck: Checkpoint, source, *, device, dtype, config: ModelConfig | N
     return model.eval()
 
 
-def _gguf_state(ck: Checkpoint) -> dict[str, torch.Tensor]:
-    """Dequantize a GGUF through transformers (its own reader and tensor processors: not remote code), in fp32
-    (its exact dequantized values; the requested dtype is applied tensor by tensor when dlm takes them)."""
-    try:
-        from transformers import AutoModelForCausalLM
-    except ImportError:
-        raise CheckpointError(f"{ck.gguf_file}: reading GGUF needs transformers and gguf") from None
-    try:
-        hf = AutoModelForCausalLM.from_pretrained(str(ck.folder), gguf_file=ck.gguf_file.name, dtype=torch.float32)
-    except (ValueError, OSError, KeyError, NotImplementedError) as e:
-        raise CheckpointError(f"{ck.gguf_file}: transformers could not dequantize this GGUF ({e})") from None
-    state = dict(hf.state_dict())
-    del hf
-    return state
+class GGUFSource:
+    """The tensors of a GGUF file under the checkpoint family's (Hugging Face) names, dequantized to fp32 row chunk
+    by row chunk: GGUF quantizes every row on its own, so rows [a, b) are read from the file (plain reads, no
+    mapping kept) and dequantized by gguf-py alone. Names come from gguf-py's tensor-name map (the table
+    llama.cpp's converter writes with); the q/k row permutation llama.cpp applies to `llama` models is undone
+    head by head, as transformers' GGUF loader does."""
+
+    def __init__(self, path: Path, wanted: list[str], config: ModelConfig):
+        try:
+            from gguf import MODEL_ARCH_NAMES, GGUFReader, get_tensor_name_map
+        except ImportError:
+            raise CheckpointError(f"{path}: reading GGUF needs gguf (pip install gguf)") from None
+        self.where, self.config = path, config
+        try:
+            reader = GGUFReader(path)
+            field = reader.fields["general.architecture"]
+            self.arch = bytes(field.parts[field.data[0]]).decode()
+            tensors = list(reader.tensors)
+        except (KeyError, ValueError, OSError, IndexError) as e:
+            raise CheckpointError(f"{path}: unreadable GGUF file ({e})") from None
+        arch = next((k for k, v in MODEL_ARCH_NAMES.items() if v == self.arch), None)
+        if arch is None:
+            raise CheckpointError(f"{path}: GGUF architecture {self.arch!r} is not known to gguf-py")
+        names = get_tensor_name_map(arch, config.n_layers)
+        to_hf = {}
+        for hf in wanted:
+            base, _, suffix = hf.rpartition(".")
+            g = names.get_name(base)
+            if g is not None:
+                to_hf[f"{g}.{suffix}"] = hf
+        self.entries: dict[str, tuple[Path, tuple[int, ...], str]] = {}
+        self.tensors: dict[str, tuple[str, object, int, int]] = {}  # key -> (GGUF name, type, bytes, file offset)
+        for t in tensors:
+            key = to_hf.get(t.name, t.name)
+            shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # GGUF lists dims innermost first
+            self.entries[key] = (path, shape, "F32")  # every type dequantizes to fp32
+            self.tensors[key] = (t.name, t.tensor_type, int(t.n_bytes), int(t.data_offset))
+        del reader, tensors, field  # the parsed metadata (a whole tokenizer's worth of small arrays) goes now
+        gc.collect()  # the reader's fields hold reference cycles: free them before the weights are allocated
+
+    @staticmethod
+    def _rows(fh, tensor: tuple, a: int, b: int, row_bytes: int) -> torch.Tensor:
+        from gguf import dequantize
+
+        name, qtype, _, offset = tensor
+        fh.seek(offset + a * row_bytes)
+        raw = np.empty((b - a, row_bytes), dtype=np.uint8)
+        if fh.readinto(memoryview(raw).cast("B")) != raw.nbytes:
+            raise ValueError(f"file ends inside tensor {name}")
+        return torch.from_numpy(np.ascontiguousarray(dequantize(raw, qtype), dtype=np.float32))
+
+    def take(self, key: str, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+        _, shape, _ = self.entries[key]
+        t = self.tensors[key]
+        dest = torch.empty(shape, dtype=dtype or torch.float32, device=device)
+        flat = dest.view(-1, shape[-1]) if len(shape) > 1 else dest.view(1, -1)
+        rows = flat.shape[0]
+        row_bytes = t[2] // rows
+        heads = self._permuted_heads(key)
+        group = rows // heads if heads else 1  # rows that must be read together (one head's)
+        step = max(group, (CHUNK_BYTES // max(1, 4 * flat.shape[1])) // group * group)
+        try:
+            with open(self.where, "rb") as fh:
+                for a in range(0, rows, step):
+                    b = min(rows, a + step)
+                    part = self._rows(fh, t, a, b, row_bytes)
+                    if heads:  # llama.cpp stores each head's rows as (2, dim/2) pairs; put them back as (dim/2, 2)
+                        part = part.reshape(-1, group // 2, 2, part.shape[-1]).transpose(1, 2).reshape(part.shape)
+                    flat[a:b].copy_(part)
+        except (ValueError, OSError, NotImplementedError) as e:
+            raise CheckpointError(f"{self.where}: unreadable GGUF tensor {t[0]} ({e})") from None
+        return dest
+
+    def _permuted_heads(self, key: str) -> int:
+        if self.arch != "llama":
+            return 0
+        if key.endswith("q_proj.weight"):
+            return self.config.n_heads
+        if key.endswith("k_proj.weight"):
+            return self.config.kv_heads
+        return 0
 
 
 def load_model(ck: Checkpoint, *, device="cpu", dtype=None) -> Transformer:
     """The checkpoint's weights in dlm's Transformer, on `device`, floating tensors in `dtype` (None: as stored)."""
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     if ck.gguf_file is not None:
-        source = StateDictSource(_gguf_state(ck), ck.gguf_file)
+        source = GGUFSource(ck.gguf_file, list(ck.family.key_map(ck.config).values()), ck.config)
     else:
         source = SafetensorsSource(ck.folder)
     return fill_model(ck, source, device=device, dtype=dtype)
