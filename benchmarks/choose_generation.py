@@ -89,7 +89,11 @@ def main(argv=None) -> int:
         # parallel decoding (issue 5): commit every position above a confidence threshold, with and without cache
         for tau, cache in ((0.9, "none"), (0.7, "none"), (0.9, "dual")):
             c = {k: best[k] for k in ("temperature", "block_length")} | {
-                "policy": "threshold", "threshold": tau, "cache": cache, "steps": a.gen_length}
+                "policy": "threshold",
+                "threshold": tau,
+                "cache": cache,
+                "steps": a.gen_length,
+            }
             rows.append(measure(lm, c, prompts, tasks, a.gen_length, a.seed))
     top = max(r["score"] for r in rows)
     ok = [r for r in rows if r["score"] >= top - a.tolerance]

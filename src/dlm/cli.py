@@ -21,6 +21,8 @@ eval_app = typer.Typer(no_args_is_help=True, help="Evaluate models.")
 tok_app = typer.Typer(no_args_is_help=True, help="Tokenizers.")
 app.add_typer(eval_app, name="eval")
 app.add_typer(tok_app, name="tokenizer")
+tasks_app = typer.Typer(no_args_is_help=True, help="Task suites: sudoku, countdown, arithmetic, facts.")
+app.add_typer(tasks_app, name="tasks")
 
 MASK_GLYPH = "░"
 
@@ -385,6 +387,103 @@ def eval_code(
     else:
         typer.echo(
             f"{task}: exact match {res['exact_match']:.1%}, ast-valid {res['ast_valid']:.1%} over {res['n']} tasks "
+            f"({res['nfe_mean']:.1f} NFE mean, {res['seconds']:.1f} s)"
+        )
+
+
+def _task_options(options: List[str]) -> dict:
+    """--option key=value pairs (ints where they parse) for a task's constructor."""
+    out = {}
+    for o in options:
+        key, sep, value = o.partition("=")
+        if not sep or not key:
+            raise InputError("--option", f"got {o!r}; expected key=value (e.g. givens=36)")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+TASK_OPTION_HELP = (
+    "Task setting key=value, repeatable: sudoku givens=36; countdown numbers=4 max_number=20; "
+    "arithmetic digits=4 ops=+*; facts people=400 seed=0."
+)
+
+
+@tasks_app.command("list")
+def tasks_list():
+    """The task suites and their settings."""
+    import inspect
+
+    from .tasks import TASKS
+
+    for name, cls in TASKS.items():
+        sig = inspect.signature(cls.__init__)
+        opts = ", ".join(f"{p.name}={p.default}" for p in list(sig.parameters.values())[1:])
+        typer.echo(f"{name:<11} {opts}")
+
+
+@tasks_app.command("make")
+def tasks_make(
+    task: str = typer.Argument(..., help="sudoku | countdown | arithmetic | facts"),
+    out: Path = typer.Option(..., "--out", help="JSONL file to write ({'messages': [...]} per line)."),
+    split: str = typer.Option("train", "--split", help="train | test"),
+    n: int = typer.Option(1000, "-n", help="Number of examples."),
+    option: List[str] = typer.Option([], "--option", help=TASK_OPTION_HELP),
+):
+    """Write a task split as chat JSONL, the SFT format of `dlm train` (facts: also its training prose)."""
+    from .tasks import get_task, write_sft
+
+    try:
+        info = write_sft(get_task(task, **_task_options(option)), split, n, out)
+    except DLMError as e:
+        _fail(e)
+    typer.echo(json.dumps(info))
+
+
+@eval_app.command("task")
+def eval_task(
+    task: str = typer.Argument(..., help="sudoku | countdown | arithmetic | facts"),
+    model: str = _model_option(),
+    n: int = typer.Option(100, "-n", help="Test examples."),
+    split: str = typer.Option("test", "--split", help="test | train"),
+    option: List[str] = typer.Option([], "--option", help=TASK_OPTION_HELP),
+    gen_length: Optional[int] = typer.Option(None, "--gen-length", help="Default: longest answer, block-rounded."),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    block_length: Optional[int] = typer.Option(None, "--block-length"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default: the model's."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Default: the model's."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="For --policy threshold."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="none | prefix | dual. Default: the model's."),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    as_json: bool = typer.Option(False, "--json"),
+    dtype: Optional[str] = _dtype_option(),
+    device: str = _device_option(),
+):
+    """Accuracy of a model on a task split (answers through the chat template, verified exactly)."""
+    from .tasks import evaluate, get_task
+
+    try:
+        t = get_task(task, **_task_options(option))
+        if n < 1:
+            raise InputError("-n", f"got {n}; must be >= 1")
+        examples = t.examples(split, n)
+        lm = _load(model, dtype, device)
+        res = evaluate(
+            lm, t, examples, batch_size=batch_size, gen_length=gen_length, steps=steps, block_length=block_length,
+            temperature=temperature, policy=policy, threshold=threshold, cache=cache, seed=seed,
+        )  # fmt: skip
+    except DLMError as e:
+        _fail(e)
+    res = {"model": model, "split": split, **res}
+    if as_json:
+        typer.echo(json.dumps(res))
+    else:
+        extra = "".join(f", {k} {res[k]:.1%}" for k in ("hallucinated", "abstained", "cell_accuracy") if k in res)
+        typer.echo(
+            f"{task} ({res['config']}): accuracy {res['accuracy']:.1%} over {res['n']} {split} examples{extra} "
             f"({res['nfe_mean']:.1f} NFE mean, {res['seconds']:.1f} s)"
         )
 

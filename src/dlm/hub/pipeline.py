@@ -112,9 +112,17 @@ class DiffusionLM:
         """Answer a conversation (a str is one user message) through the tokenizer's chat template."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids = self.tokenizer.encode(text)
-        return self._complete([text], [ids], self.make_config(config, **overrides), streamer, None)[0]
+        return self.chat_batch([messages], config, streamer=streamer, **overrides)[0]
+
+    def chat_batch(
+        self, conversations: list[list[dict]], config: GenerationConfig | None = None, *, streamer=None, **overrides
+    ) -> list[Completion]:
+        """Answer several conversations in one batch (each through the chat template; rows are independent)."""
+        texts = [
+            self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations
+        ]
+        ids = [self.tokenizer.encode(t) for t in texts]
+        return self._complete(texts, ids, self.make_config(config, **overrides), streamer, None)
 
     def _complete(self, prompts, ids, cfg, streamer, sfx) -> list[Completion]:
         if self.is_causal:  # the AR twin: left-to-right with a KV cache

@@ -1,0 +1,100 @@
+"""Task suites: seeded instance generators, exact verifiers and fixed train/test splits.
+
+    from dlm.tasks import get_task
+    task = get_task("sudoku", givens=36)
+    train = task.examples("train", 10_000)          # chat examples for `dlm train` (task: sft)
+    task.verify(ex, "1 2 3 ...")                     # exact verification of an answer
+    evaluate(lm, task, task.examples("test", 200))   # accuracy (and NFE, seconds) of a model
+
+Suites: sudoku, countdown, arithmetic, facts (hallucination: seen vs unseen entities). Code infilling on the
+built-in corpus is `dlm eval code` (dlm.eval.code).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..errors import InputError
+from .arithmetic import Arithmetic
+from .base import SPLITS, Example, Task
+from .countdown import Countdown
+from .facts import Facts
+from .sudoku import Sudoku
+
+TASKS: dict[str, type[Task]] = {"sudoku": Sudoku, "countdown": Countdown, "arithmetic": Arithmetic, "facts": Facts}
+
+
+def get_task(name: str, **options) -> Task:
+    if name not in TASKS:
+        raise InputError("task", f"got {name!r}; allowed: {', '.join(TASKS)}")
+    try:
+        return TASKS[name](**options)
+    except TypeError as e:
+        raise InputError("options", f"{name}: {e}") from None
+
+
+def write_sft(task: Task, split: str, n: int, out: str | Path, *, documents: bool = True) -> dict:
+    """`n` examples of `split` as chat JSONL ({"messages": [...]}, what `dlm train` reads with task: sft).
+    For facts, the training prose is written beside it (`<out stem>.prose.jsonl`, {"text": ...})."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    exs = task.examples(split, n)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        for ex in exs:
+            f.write(json.dumps({"messages": ex.messages(), "task": ex.task, "index": ex.index}) + "\n")
+    tmp.replace(out)
+    info = {"task": task.name, "config": task.config_id(), "split": split, "examples": len(exs), "path": str(out)}
+    if documents and split == "train" and hasattr(task, "documents"):
+        prose = out.with_name(out.stem + ".prose.jsonl")
+        docs = task.documents()
+        prose.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+        info["prose"] = {"path": str(prose), "documents": len(docs)}
+    return info
+
+
+def answer_length(lm, examples: list[Example], block: int) -> int:
+    """Tokens to generate: the longest answer (+ EOS), rounded up to a multiple of `block`."""
+    longest = max(len(lm.tokenizer.encode(ex.answer)) for ex in examples) + 1
+    return -(-longest // block) * block
+
+
+def evaluate(lm, task: Task, examples: list[Example], *, batch_size: int = 8, keep: int = 5, **overrides) -> dict:
+    """Answer every example through the model's chat template and score it with the task's verifier.
+
+    Returns accuracy, the mean of every other score field (e.g. hallucinated), mean NFE, tokens generated,
+    wall seconds, and the first `keep` examples. `overrides` are generation settings (gen_length defaults to
+    the longest answer rounded up to the block length)."""
+    if not examples:
+        raise InputError("examples", "no examples to evaluate")
+    if batch_size < 1:
+        raise InputError("batch_size", f"got {batch_size}; must be >= 1")
+    if overrides.get("gen_length") is None:
+        block = overrides.get("block_length") or lm.generation_config.block_length or 32
+        overrides["gen_length"] = answer_length(lm, examples, block)
+        overrides.setdefault("block_length", min(block, overrides["gen_length"]))
+        overrides.setdefault("steps", overrides["gen_length"])
+    cfg = lm.make_config(None, **overrides)
+    t0 = time.perf_counter()
+    rows, nfe, tokens = [], [], 0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        outs = lm.chat_batch([ex.messages(with_answer=False) for ex in chunk], cfg)
+        for ex, o in zip(chunk, outs):
+            rows.append({"prompt": ex.prompt, "answer": ex.answer, "output": o.text, **task.score(ex, o.text)})
+            nfe.append(o.nfe)
+            tokens += len(o.tokens)
+    seconds = time.perf_counter() - t0
+    n = len(rows)
+    out = {"task": task.name, "config": task.config_id(), "n": n, "accuracy": sum(r["correct"] for r in rows) / n}
+    for k in rows[0]:
+        if k not in ("prompt", "answer", "output", "correct") and isinstance(rows[0][k], (bool, int, float)):
+            out[k] = sum(float(r[k]) for r in rows) / n
+    out.update(nfe_mean=sum(nfe) / n, tokens=tokens, seconds=seconds, gen_length=cfg.gen_length,
+               examples=rows[:keep])  # fmt: skip
+    return out
+
+
+__all__ = ["TASKS", "SPLITS", "Example", "Task", "get_task", "write_sft", "evaluate", "answer_length"]

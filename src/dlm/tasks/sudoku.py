@@ -1,0 +1,166 @@
+"""Sudoku 9×9: unique-solution puzzles, difficulty set by the number of givens.
+
+Base puzzles are made by filling a grid at random (backtracking) and removing cells in random order while the
+solution stays unique (a bitmask solver counts solutions up to 2). Each instance is a base puzzle under a
+random validity-preserving transformation (digit relabelling, row/column swaps inside bands and stacks, band
+and stack swaps, transposition), which keeps it unique-solution with the same number of givens. The split
+key is the base puzzle: variants of one base are all train or all test.
+
+Text format: 9 lines of 9 space-separated digits, 0 for an empty cell (prompt); the same for the solution.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+
+from ..errors import InputError
+from .base import Example, Task
+
+FULL = 0x3FE  # bits 1..9
+
+
+def _box(r: int, c: int) -> int:
+    return (r // 3) * 3 + c // 3
+
+
+def solve(grid: list[int], limit: int = 2, rng: random.Random | None = None) -> tuple[int, list[int] | None]:
+    """(number of solutions found, up to `limit`; the first solution). `grid`: 81 ints, 0 = empty. With `rng`,
+    candidate digits are tried in random order (to fill an empty grid at random)."""
+    g = list(grid)
+    rows, cols, boxes = [0] * 9, [0] * 9, [0] * 9
+    for i, v in enumerate(g):
+        if v:
+            b = 1 << v
+            r, c = divmod(i, 9)
+            if rows[r] & b or cols[c] & b or boxes[_box(r, c)] & b:
+                return 0, None
+            rows[r] |= b
+            cols[c] |= b
+            boxes[_box(r, c)] |= b
+    empty = [i for i, v in enumerate(g) if not v]
+    found, first = 0, None
+
+    def rec() -> bool:  # returns True to stop
+        nonlocal found, first
+        best, best_mask, best_n = -1, 0, 10
+        for i in empty:
+            if g[i]:
+                continue
+            r, c = divmod(i, 9)
+            m = FULL & ~(rows[r] | cols[c] | boxes[_box(r, c)])
+            n = bin(m).count("1")
+            if n < best_n:
+                best, best_mask, best_n = i, m, n
+                if n <= 1:
+                    break
+        if best < 0:
+            found += 1
+            if first is None:
+                first = list(g)
+            return found >= limit
+        if best_n == 0:
+            return False
+        r, c = divmod(best, 9)
+        digits = [d for d in range(1, 10) if best_mask >> d & 1]
+        if rng is not None:
+            rng.shuffle(digits)
+        for d in digits:
+            b = 1 << d
+            g[best] = d
+            rows[r] |= b
+            cols[c] |= b
+            boxes[_box(r, c)] |= b
+            if rec():
+                return True
+            rows[r] &= ~b
+            cols[c] &= ~b
+            boxes[_box(r, c)] &= ~b
+            g[best] = 0
+        return False
+
+    rec()
+    return found, first
+
+
+def is_solution(puzzle: list[int], sol: list[int]) -> bool:
+    if len(sol) != 81 or any(p and p != s for p, s in zip(puzzle, sol)):
+        return False
+    units = [[r * 9 + c for c in range(9)] for r in range(9)] + [[r * 9 + c for r in range(9)] for c in range(9)]
+    units += [[(br + r) * 9 + bc + c for r in range(3) for c in range(3)] for br in (0, 3, 6) for bc in (0, 3, 6)]
+    return all(sorted(sol[i] for i in u) == list(range(1, 10)) for u in units)
+
+
+def to_text(grid: list[int]) -> str:
+    return "\n".join(" ".join(str(v) for v in grid[r * 9 : r * 9 + 9]) for r in range(9))
+
+
+def parse(text: str) -> list[int]:
+    return [int(ch) for ch in text if ch.isdigit()]
+
+
+@lru_cache(maxsize=4096)
+def base_puzzle(givens: int, base: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(puzzle, solution) number `base` with `givens` givens (cached: variants share it)."""
+    rng = random.Random(f"sudoku-base:{givens}:{base}")
+    _, sol = solve([0] * 81, limit=1, rng=rng)
+    puzzle = list(sol)
+    filled = 81
+    for i in rng.sample(range(81), 81):
+        if filled <= givens:
+            break
+        keep = puzzle[i]
+        puzzle[i] = 0
+        if solve(puzzle, limit=2)[0] != 1:
+            puzzle[i] = keep
+        else:
+            filled -= 1
+    return tuple(puzzle), tuple(sol)
+
+
+def transform(grid: list[int], rng: random.Random) -> tuple[list[int], callable]:
+    """A random validity-preserving map; returns a function applying the same map to any grid."""
+    digits = list(range(1, 10))
+    rng.shuffle(digits)
+    relabel = [0] + digits
+    bands, stacks = rng.sample(range(3), 3), rng.sample(range(3), 3)
+    row_order = [b * 3 + r for b in bands for r in rng.sample(range(3), 3)]
+    col_order = [s * 3 + c for s in stacks for c in rng.sample(range(3), 3)]
+    flip = rng.random() < 0.5
+
+    def apply(g):
+        out = [relabel[g[row_order[r] * 9 + col_order[c]]] for r in range(9) for c in range(9)]
+        return [out[c * 9 + r] for r in range(9) for c in range(9)] if flip else out
+
+    return apply(grid), apply
+
+
+class Sudoku(Task):
+    name = "sudoku"
+
+    def __init__(self, givens: int = 36, variants: int = 1):
+        if not 17 <= givens <= 80:
+            raise InputError("givens", f"got {givens}; allowed: 17..80 (fewer givens = harder)")
+        self.givens, self.variants = givens, variants
+
+    def config_id(self) -> str:
+        return f"givens={self.givens}"
+
+    def make(self, rng, index):
+        base = index // self.variants
+        puzzle, sol = base_puzzle(self.givens, base)
+        p, apply = transform(list(puzzle), rng)
+        s = apply(list(sol))
+        return Example(self.name, index, to_text(p), to_text(s), {"base": base, "givens": sum(v > 0 for v in p)})
+
+    def split_key(self, ex):
+        return f"base:{ex.meta['base']}"
+
+    def verify(self, ex, output):
+        return is_solution(parse(ex.prompt), parse(output))
+
+    def score(self, ex, output):
+        want, got = parse(ex.answer), parse(output)
+        blanks = [i for i, v in enumerate(parse(ex.prompt)) if not v]
+        cells = sum(1 for i in blanks if i < len(got) and got[i] == want[i]) / max(1, len(blanks))
+        return {"correct": self.verify(ex, output), "cell_accuracy": cells}

@@ -1,0 +1,136 @@
+"""Task suites: instances are seeded and stable, splits are disjoint and never move, verifiers accept correct
+answers (including correct ones the generator did not write) and reject wrong ones."""
+
+import hashlib
+import json
+
+import pytest
+
+from dlm.errors import InputError
+from dlm.tasks import TASKS, Example, evaluate, get_task, write_sft
+from dlm.tasks.countdown import evaluate as count_eval
+from dlm.tasks.sudoku import is_solution, parse, solve
+
+# sha256 of the first 20 test prompts: a change here means every published number moves; don't.
+PINNED = {"sudoku": "4146af34e07f2fff", "countdown": "fcb1bd97c27224a0", "arithmetic": "bfd71258131445ff",
+          "facts": "b1e375fa8d699319"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_splits_are_pinned_disjoint_and_prefix_stable(name):
+    t = get_task(name)
+    test = t.examples("test", 20)
+    digest = hashlib.sha256("\n".join(e.prompt for e in test).encode()).hexdigest()[:16]
+    assert digest == PINNED[name]
+    assert [e.prompt for e in get_task(name).examples("test", 5)] == [e.prompt for e in test[:5]]
+    train = t.examples("train", 200)
+    assert not {e.prompt for e in train} & {e.prompt for e in t.examples("test", 20)}
+    keys = {t.split_key(e) for e in train}
+    assert not keys & {t.split_key(e) for e in test}  # e.g. no Sudoku base puzzle on both sides
+    assert all(t.verify(e, e.answer) for e in train[:50] + test)
+
+
+def test_sudoku_puzzles_are_unique_and_verifier_is_exact():
+    t = get_task("sudoku", givens=36)
+    for ex in t.examples("test", 5):
+        p = parse(ex.prompt)
+        assert len(p) == 81 and sum(v > 0 for v in p) == 36
+        assert solve(p, limit=2)[0] == 1
+        sol = parse(ex.answer)
+        assert is_solution(p, sol)
+    ex = t.examples("test", 1)[0]
+    sol, puzzle = parse(ex.answer), parse(ex.prompt)
+    assert t.verify(ex, ex.answer.replace("\n", " "))  # layout does not matter, digits do
+    blanks = [i for i, v in enumerate(puzzle) if v == 0]
+    i, j = next((a, b) for a in blanks for b in blanks if a // 9 == b // 9 and sol[a] != sol[b])
+    swapped = list(sol)
+    swapped[i], swapped[j] = sol[j], sol[i]  # same row: still a permutation per row, columns now break
+    assert not t.verify(ex, " ".join(map(str, swapped)))
+    assert not t.verify(ex, " ".join(map(str, sol[:80])))  # too short
+    assert not t.verify(ex, ex.prompt)  # the puzzle itself (zeros)
+    changed = list(sol)
+    g = next(i for i, v in enumerate(puzzle) if v)
+    changed[g] = changed[g] % 9 + 1
+    assert not t.verify(ex, " ".join(map(str, changed)))
+    assert t.score(ex, ex.answer)["cell_accuracy"] == 1.0
+
+
+def test_countdown_accepts_any_correct_expression_and_nothing_else():
+    t = get_task("countdown")
+    ex = Example("countdown", 0, "Numbers: 2 3 4 6. Target: 24.", "", {"numbers": [2, 3, 4, 6], "target": 24})
+    assert not t.verify(ex, "(6 - 2) * 4 * (3 / 3)")  # right value, but 3 used twice and 2 once
+    assert t.verify(ex, "6 * 4 * (3 - 2)")
+    assert t.verify(ex, "(6 / 3) * 4 * 3") is False  # 4 numbers but 3 twice and 2 missing
+    assert t.verify(ex, "6 * 4 + 3 - 2 - 1") is False  # 1 is not given
+    assert t.verify(ex, "6 * 4 * (3 - 2) = 24")  # a trailing "= 24" is fine
+    for bad in ("24", "6 ** 2 - 4 * 3", "__import__('os')", "6 * 4 * (3 - 2", "", "six times four", "6*4*(3//2)"):
+        assert not t.verify(ex, bad), bad
+    assert count_eval("1 / 0") is None
+    for e in t.examples("test", 20):
+        assert t.verify(e, e.answer) and count_eval(e.answer)[0] == e.meta["target"]
+
+
+def test_arithmetic_verifier():
+    t = get_task("arithmetic", digits=3)
+    ex = t.examples("test", 1)[0]
+    a, b, op = ex.meta["a"], ex.meta["b"], ex.meta["op"]
+    right = a + b if op == "+" else a * b
+    assert ex.answer == str(right) and t.verify(ex, f" {right}\n") and t.verify(ex, f"{right:,}")
+    assert not t.verify(ex, str(right + 1)) and not t.verify(ex, "") and not t.verify(ex, f"{right}0")
+    with pytest.raises(InputError, match="ops"):
+        get_task("arithmetic", ops="-")
+
+
+def test_facts_world_prose_and_hallucination_scoring():
+    t = get_task("facts")
+    docs = " ".join(t.documents())
+    known = [n for n in t.names if t.known(n)]
+    unknown = [n for n in t.names if not t.known(n)]
+    assert known and unknown and all(n in docs for n in known[:50]) and not any(n in docs for n in unknown)
+    test = t.examples("test", 300)
+    k = next(e for e in test if e.meta["known"])
+    u = next(e for e in test if not e.meta["known"])
+    assert k.answer == t.people[k.meta["person"]][k.meta["attr"]] and u.answer == "unknown"
+    assert t.score(k, k.answer + ".") == {"correct": True, "abstained": False, "hallucinated": False}
+    assert t.score(k, "unknown") == {"correct": False, "abstained": True, "hallucinated": False}
+    assert t.score(u, "Velmora")["hallucinated"] and t.score(u, "Unknown")["correct"]
+    wrong = next(v for v in ("1850", "1851") if v != k.answer)
+    assert t.score(k, wrong)["hallucinated"]
+    # unknown people asked about in training are never asked about in the test
+    train = t.examples("train", 600)
+    assert not {e.meta["person"] for e in train if not e.meta["known"]} & {e.meta["person"] for e in test
+                                                                           if not e.meta["known"]}  # fmt: skip
+
+
+def test_bad_options_are_named():
+    with pytest.raises(InputError, match="task"):
+        get_task("chess")
+    with pytest.raises(InputError, match="givens"):
+        get_task("sudoku", givens=5)
+    with pytest.raises(InputError, match="options"):
+        get_task("countdown", colour=3)
+    with pytest.raises(InputError, match="split"):
+        get_task("arithmetic").examples("valid", 3)
+
+
+def test_write_sft_is_chat_jsonl_the_trainer_reads(tmp_path):
+    import dlm
+
+    info = write_sft(get_task("facts"), "train", 30, tmp_path / "facts.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "facts.jsonl").read_text().splitlines()]
+    assert len(rows) == 30 == info["examples"] and info["prose"]["documents"] > 0
+    tok = dlm.load("builtin").tokenizer
+    prompt, answer = tok.sft_example(rows[0]["messages"])
+    assert tok.decode(answer, skip_special_tokens=True) == rows[0]["messages"][-1]["content"]
+
+
+def test_evaluate_runs_the_model_through_the_chat_template():
+    import dlm
+
+    lm = dlm.load("builtin")
+    t = get_task("arithmetic", digits=2)
+    res = evaluate(lm, t, t.examples("test", 3), batch_size=2, seed=0)
+    assert res["n"] == 3 and 0.0 <= res["accuracy"] <= 1.0 and res["gen_length"] % 32 == 0
+    assert res["nfe_mean"] > 0 and len(res["examples"]) == 3 and "output" in res["examples"][0]
+    again = evaluate(lm, t, t.examples("test", 3), batch_size=3, seed=0)
+    assert [r["output"] for r in again["examples"]] == [r["output"] for r in res["examples"]]  # batch-invariant
