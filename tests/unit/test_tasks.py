@@ -118,7 +118,9 @@ def test_write_sft_is_chat_jsonl_the_trainer_reads(tmp_path):
 
     info = write_sft(get_task("facts"), "train", 30, tmp_path / "facts.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "facts.jsonl").read_text().splitlines()]
-    assert len(rows) == 30 == info["examples"] and info["prose"]["documents"] > 0
+    assert len(rows) == 30 + info["extras"] and info["examples"] == 30 and info["extras"] > 0
+    bios = [r for r in rows if r["messages"][0]["content"].startswith("Tell me about")]
+    assert len(bios) == info["extras"] and all(r["index"] < 0 for r in bios)
     tok = dlm.load("builtin").tokenizer
     prompt, answer = tok.sft_example(rows[0]["messages"])
     assert tok.decode(answer, skip_special_tokens=True) == rows[0]["messages"][-1]["content"]

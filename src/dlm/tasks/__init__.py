@@ -13,6 +13,7 @@ built-in corpus is `dlm eval code` (dlm.eval.code).
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -35,24 +36,24 @@ def get_task(name: str, **options) -> Task:
         raise InputError("options", f"{name}: {e}") from None
 
 
-def write_sft(task: Task, split: str, n: int, out: str | Path, *, documents: bool = True) -> dict:
-    """`n` examples of `split` as chat JSONL ({"messages": [...]}, what `dlm train` reads with task: sft).
-    For facts, the training prose is written beside it (`<out stem>.prose.jsonl`, {"text": ...})."""
+def write_sft(task: Task, split: str, n: int, out: str | Path) -> dict:
+    """`n` examples of `split` as chat JSONL ({"messages": [...]}, what `dlm train` reads with data.task: sft).
+    The train split also gets the task's extra training examples (facts: the biographies), shuffled in with a
+    fixed seed."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     exs = task.examples(split, n)
+    extras = task.training_extras() if split == "train" else []
+    rows = exs + extras
+    if extras:
+        random.Random(f"{task.name}:{task.config_id()}:sft").shuffle(rows)
     tmp = out.with_suffix(out.suffix + ".tmp")
     with open(tmp, "w") as f:
-        for ex in exs:
+        for ex in rows:
             f.write(json.dumps({"messages": ex.messages(), "task": ex.task, "index": ex.index}) + "\n")
     tmp.replace(out)
-    info = {"task": task.name, "config": task.config_id(), "split": split, "examples": len(exs), "path": str(out)}
-    if documents and split == "train" and hasattr(task, "documents"):
-        prose = out.with_name(out.stem + ".prose.jsonl")
-        docs = task.documents()
-        prose.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-        info["prose"] = {"path": str(prose), "documents": len(docs)}
-    return info
+    return {"task": task.name, "config": task.config_id(), "split": split, "examples": len(exs),
+            "extras": len(extras), "path": str(out)}  # fmt: skip
 
 
 def answer_length(lm, examples: list[Example], block: int) -> int:

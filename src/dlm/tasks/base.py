@@ -83,6 +83,10 @@ class Task(ABC):
                 out.append(ex)
         return out
 
+    def training_extras(self) -> list[Example]:
+        """Extra training examples that are not questions of the split (e.g. the facts task's biographies)."""
+        return []
+
     def score(self, ex: Example, output: str) -> dict:
         """Per-answer record for reports; tasks with more than right/wrong add fields."""
         return {"correct": self.verify(ex, output)}

@@ -102,8 +102,19 @@ class Facts(Task):
             return qs[:n]
         return super().examples(split, n, start)
 
+    def training_extras(self) -> list[Example]:
+        """The prose as chat examples ("Tell me about NAME." -> a biography), so one SFT run learns the facts
+        and the question format together."""
+        return [
+            Example(self.name, -1 - i, f"Tell me about {name}.", doc, {"person": name, "bio": True})
+            for i, (name, doc) in enumerate(self.biographies())
+        ]
+
     def documents(self, rng_seed: int = 0, repeats: int = 3) -> list[str]:
         """Training prose: one short biography per known person per repeat, facts in shuffled phrasings."""
+        return [doc for _, doc in self.biographies(rng_seed, repeats)]
+
+    def biographies(self, rng_seed: int = 0, repeats: int = 3) -> list[tuple[str, str]]:
         rng = random.Random(f"facts-prose:{self.config_id()}:{rng_seed}")
         docs = []
         for _ in range(repeats):
@@ -112,7 +123,7 @@ class Facts(Task):
                     continue
                 facts = [rng.choice(SENTENCES[a]).format(n=name, v=self.people[name][a]) for a in ATTRS]
                 rng.shuffle(facts)
-                docs.append(" ".join(facts))
+                docs.append((name, " ".join(facts)))
         return docs
 
     def verify(self, ex, output):

@@ -44,17 +44,24 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def ar_loss(model, input_ids, attention_mask=None) -> torch.Tensor:
+def ar_loss(model, input_ids, attention_mask=None, prompt_lengths=None) -> torch.Tensor:
     """Mean next-token cross-entropy. With a dlm Transformer the LM head and the cross-entropy run fused,
-    chunk by chunk, without the (B, L, V) logits (as the diffusion loss does)."""
+    chunk by chunk, without the (B, L, V) logits (as the diffusion loss does). With `prompt_lengths` (SFT)
+    only the answer's tokens (and the EOS padding after it, as in the diffusion SFT loss) are predicted."""
     targets = input_ids[:, 1:].reshape(-1)
+    if prompt_lengths is None:
+        rw = torch.full((targets.numel(),), 1.0 / max(targets.numel(), 1), device=input_ids.device)
+    else:
+        pos = torch.arange(1, input_ids.shape[1], device=input_ids.device)[None]
+        keep = (pos >= prompt_lengths.to(input_ids.device)[:, None]).float().reshape(-1)
+        rw = keep / keep.sum().clamp(min=1.0)
     weight = getattr(model, "head_weight", None)
     if weight is not None:
         h = model(input_ids, attention_mask=attention_mask, return_hidden=True)[:, :-1]
-        rw = torch.full((targets.numel(),), 1.0 / max(targets.numel(), 1), device=h.device)
         return weighted_cross_entropy(h.reshape(-1, h.shape[-1]), weight, targets, rw, None)
     logits = model(input_ids, attention_mask=attention_mask)
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets)
+    ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets, reduction="none")
+    return (ce * rw).sum()
 
 
 class Trainer:
@@ -145,7 +152,7 @@ class Trainer:
     def compute_loss(self, batch: dict, generator=None) -> torch.Tensor:
         ids = batch["input_ids"].to(self.device)
         if self.cfg.train.objective == "ar":
-            return ar_loss(self.forward_model, ids)
+            return ar_loss(self.forward_model, ids, prompt_lengths=batch.get("prompt_lengths"))
         if "prompt_lengths" in batch:
             return self.diffusion.sft_loss(
                 self.forward_model, ids, batch["prompt_lengths"].to(self.device), generator=generator or self.noise_gen

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Issue 6 head-to-head: for each task, make its data, train the diffusion model and its AR twin (same network,
+# data, token budget and trainer; configs in examples/configs/tasks/), and evaluate both on the test split.
+#   bash scripts/tasks_headtohead.sh [TASK ...]      # default: sudoku countdown arithmetic facts
+# Outputs: runs/tasks/<task>-{diffusion,ar}/ (checkpoints, final model), runs/tasks/eval/<task>-*.json.
+# Each training run resumes where it stopped (--resume), so the script can be interrupted and rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DLM=${DLM:-.venv/bin/dlm}
+N_TEST=${N_TEST:-200}
+export HF_HUB_OFFLINE=1
+declare -A TRAIN_N=([sudoku]=20000 [countdown]=50000 [arithmetic]=100000 [facts]=700)
+mkdir -p runs/tasks/eval
+for task in "${@:-sudoku countdown arithmetic facts}"; do
+  for t in $task; do
+    data=data/tasks/$t/train.jsonl
+    [ -f "$data" ] || "$DLM" tasks make "$t" --split train -n "${TRAIN_N[$t]}" --out "$data"
+    for obj in diffusion ar; do
+      run=runs/tasks/$t-$obj
+      [ -f "$run/final/model.safetensors" ] || "$DLM" train "examples/configs/tasks/$t-$obj.yaml" --resume
+      "$DLM" eval task "$t" --model "$run/final" -n "$N_TEST" --json > "runs/tasks/eval/$t-$obj.json"
+    done
+  done
+done
