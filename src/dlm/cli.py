@@ -51,7 +51,9 @@ def _device_option():
 
 
 def _gguf_option():
-    return typer.Option(None, "--gguf-file", help="GGUF file in the --model folder (dequantized row by row with gguf-py).")
+    return typer.Option(
+        None, "--gguf-file", help="GGUF file in the --model folder (dequantized row by row with gguf-py)."
+    )
 
 
 def _load(model: str, dtype: Optional[str] = None, device: str = "cpu", gguf_file: Optional[str] = None):
