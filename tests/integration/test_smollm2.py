@@ -102,3 +102,15 @@ def test_cli_chat_on_the_gguf_file():
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "Paris" in json.loads(p.stdout)["text"]
+
+
+def test_cli_eval_quality_scores_with_smollm2():
+    p = subprocess.run(
+        [sys.executable, "-m", "dlm.cli", "eval", "quality", "--model", "builtin-ar", "-n", "3", "--gen-length",
+         "16", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["n"] == 3 and 1.0 < r["gen_ppl"] < 1e4 and r["tokens"] > 0 and r["cpu_seconds_per_token"] > 0
+    assert 0.0 <= r["distinct_2"] <= 1.0 and "joules_source" in r
