@@ -438,6 +438,35 @@ def eval_quality(
         )
 
 
+@eval_app.command("claims")
+def eval_claims(
+    out: Path = typer.Option(Path("reports"), "--out", help="Folder for claims.md, the plots, measurements.json."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke version: tiny samples, minutes; verdicts meaningless."),
+    tasks_root: Path = typer.Option(
+        Path("runs/tasks"), "--tasks-root", help="Task twins (scripts/tasks_headtohead.sh)."
+    ),
+    scorer: str = typer.Option("smollm2", "--scorer", help="Causal scorer for generative perplexity."),
+    data: str = typer.Option("data/python/test.jsonl", "--data", help="Held-out Python for prompts and infilling."),
+    report_only: bool = typer.Option(False, "--report-only", help="Rebuild the report from OUT/measurements.json."),
+):
+    """Measure the claims of CLAIMS.md (diffusion vs the AR twin) and write OUT/claims.md with plots."""
+    from .eval import claims
+
+    try:
+        if report_only:
+            f = out / "measurements.json"
+            if not f.is_file():
+                raise InputError("--report-only", f"{f} not found; run without --report-only first")
+            m = json.loads(f.read_text())
+        else:
+            m = claims.measure(out, quick=quick, tasks_root=tasks_root, scorer=scorer, data=data,
+                               log=lambda msg: typer.echo(f"# {msg}", err=True))  # fmt: skip
+        path = claims.write_report(m, out)
+    except DLMError as e:
+        _fail(e)
+    typer.echo(f"wrote {path}")
+
+
 def _task_options(options: List[str]) -> dict:
     """--option key=value pairs (ints where they parse) for a task's constructor."""
     out = {}

@@ -1,0 +1,28 @@
+"""`dlm eval claims --quick` end to end: real models, real bench, real scorer; writes the report."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("matplotlib")
+pytest.importorskip("sacrebleu")
+
+
+def test_quick_claims_report(tmp_path):
+    if not Path("data/python/test.jsonl").is_file():
+        pytest.skip("the corpus is not prepared (dlm data prepare python)")
+    p = subprocess.run(
+        [sys.executable, "-m", "dlm.cli", "eval", "claims", "--quick", "--out", str(tmp_path),
+         "--tasks-root", str(tmp_path / "no-twins")],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    m = json.loads((tmp_path / "measurements.json").read_text())
+    assert m["quick"] and {r["method"] for r in m["bench"]["rows"]} >= {"reference", "+both", "ar"}
+    text = (tmp_path / "claims.md").read_text()
+    assert "Quick mode" in text and text.count("\n| ") == 10  # header + 9 claims
+    assert (tmp_path / "speed_vs_quality.png").is_file()
