@@ -123,6 +123,23 @@ class ModelRunner:
             out = out.index_copy(0, f, full.to(out.dtype))
         return out
 
+    def grow(self, shift: int, live: int, new: int) -> None:
+        """Rows joined: the canvas grew by `shift` slots on the left (existing rows' K/V move right, the new
+        slots are padding, never attended) and `new` rows follow the `live` ones (zero K/V until their first
+        step, which refreshes them); CFG's unconditional rows stay in the second half."""
+        self.length += shift
+        if self.cache is None:
+            return
+        self.cache.length = self.length
+        if not self.cache.keys:
+            return
+        F = torch.nn.functional
+        for store in (self.cache.keys, self.cache.values):
+            for layer, t in store.items():
+                t = F.pad(t, (0, 0, shift, 0))
+                z = t.new_zeros((new, *t.shape[1:]))
+                store[layer] = torch.cat([t[:live], z, t[live:], z]) if self.cfg_scale > 0 else torch.cat([t, z])
+
     def select_rows(self, keep: torch.Tensor, live: int) -> None:
         """Keep live rows `keep` (of `live`) in the cache; CFG's unconditional rows follow their rows."""
         if self.cache is None or not self.cache.keys:

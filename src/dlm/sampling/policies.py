@@ -61,6 +61,10 @@ class UnmaskPolicy:
     def reset(self, batch: int, length: int, device) -> None:
         """Start of a generate() call over `batch` rows of `length` canvas slots (allocate per-row state)."""
 
+    def extend(self, batch: int, length: int, shift: int) -> None:
+        """Rows joined a running batch (continuous batching): per-row state must now cover `batch` row handles
+        and `length` slots, existing rows' slots moved right by `shift` (more left padding)."""
+
     def scores(self, s: StepInputs) -> torch.Tensor:
         raise NotImplementedError
 
@@ -182,6 +186,12 @@ class Credit(UnmaskPolicy):
     def reset(self, batch, length, device):
         self.credit = torch.zeros(batch, length, device=device)
         self.token = torch.full((batch, length), -1, dtype=torch.long, device=device)
+
+    def extend(self, batch, length, shift):
+        F = torch.nn.functional
+        more = batch - self.credit.shape[0]
+        self.credit = F.pad(self.credit, (shift, 0, 0, more), value=0.0)
+        self.token = F.pad(self.token, (shift, 0, 0, more), value=-1)
 
     def scores(self, s):
         c = self.config
