@@ -467,6 +467,39 @@ def eval_claims(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+def serve(
+    model: str = _model_option(),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default loopback only)."),
+    port: int = typer.Option(8000, "--port"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Require Authorization: Bearer KEY on /v1/*."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Rows in the running batch."),
+    max_queue: int = typer.Option(64, "--max-queue", help="Waiting requests before 429."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds a request may run."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model id in the API (default: --model)."),
+    dtype: Optional[str] = _dtype_option(),
+    device: str = _device_option(),
+):
+    """OpenAI-compatible server (completions, chat, streaming, /v1/dlm/denoise, /health, /metrics)."""
+    try:
+        import uvicorn
+
+        from .serve import create_app
+    except ImportError:
+        _fail(InputError("serve", "needs the serve extra: pip install 'dlm[serve]' (fastapi, uvicorn)"))
+    try:
+        for flag, v in (("--max-batch", max_batch), ("--max-queue", max_queue), ("--port", port)):
+            if v < 1:
+                raise InputError(flag, f"got {v}; must be >= 1")
+        lm = _load(model, dtype, device)
+        app = create_app(lm, model_name=name or model, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
+                         timeout=timeout)  # fmt: skip
+    except DLMError as e:
+        _fail(e)
+    typer.echo(f"serving {name or model} on http://{host}:{port} (OpenAI API at /v1)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 def _task_options(options: List[str]) -> dict:
     """--option key=value pairs (ints where they parse) for a task's constructor."""
     out = {}

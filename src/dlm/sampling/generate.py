@@ -254,6 +254,12 @@ class Denoiser:
         kc = keep.cpu()
         self.nfe, self.steps_taken = self.nfe[kc], self.steps_taken[kc]
 
+    def generated(self) -> dict[int, list[int]]:
+        """Each live row's generated region as it stands (mask ids where still masked), by handle."""
+        G = self.G
+        idx = self.st[:, None] + torch.arange(G, device=self.device)[None]
+        return dict(zip(self.rid.tolist(), self.x.gather(1, idx).tolist()))
+
     def pop_result(self, handle: int) -> dict:
         return self.results.pop(handle)
 

@@ -1,0 +1,355 @@
+"""The OpenAI-compatible HTTP API (FastAPI): /v1/models, /v1/completions, /v1/chat/completions (streaming as
+server-sent events), /v1/dlm/denoise (every step's canvas, for visualisation), /health, /metrics.
+
+Diffusion settings are extra body fields (steps, block_length, policy, threshold, cfg_scale, cache), validated
+like the OpenAI ones; a bad field gets a 400 whose `param` names it. `--api-key` requires
+`Authorization: Bearer KEY` on /v1/*. A full queue answers 429 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..sampling.policies import POLICIES
+from .engine import Engine, Job, QueueFull
+
+CACHES = ("none", "prefix", "dual")
+
+
+class Settings(BaseModel):
+    """Fields shared by completions and chat completions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    max_tokens: int = Field(64, ge=1, le=4096)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=2**62)
+    n: int = Field(1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    user: str | None = None
+    # diffusion settings (dlm extensions)
+    steps: int | None = Field(None, ge=1, le=4096)
+    block_length: int | None = Field(None, ge=1, le=4096)
+    policy: str | None = None
+    threshold: float | None = Field(None, gt=0.0, le=1.0)
+    cfg_scale: float | None = Field(None, ge=0.0, le=20.0)
+    cache: str | None = None
+    ignore_eos: bool = False  # as in vLLM: generate max_tokens even past EOS
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, v):
+        if v is not None and v not in POLICIES:
+            raise ValueError(f"unknown policy {v!r}; allowed: {', '.join(sorted(POLICIES))}")
+        return v
+
+    @field_validator("cache")
+    @classmethod
+    def _cache(cls, v):
+        if v is not None and v not in CACHES:
+            raise ValueError(f"unknown cache {v!r}; allowed: {', '.join(CACHES)}")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v):
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+
+class CompletionRequest(Settings):
+    prompt: str | list[str]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(Settings):
+    messages: list[Message] = Field(min_length=1)
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, headers=None):
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+
+def _error(status, message, param=None, code=None, headers=None) -> JSONResponse:
+    kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error"
+    )
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, max_batch: int = 8,
+               max_queue: int = 64, timeout: float = 300.0) -> FastAPI:  # fmt: skip
+    from .metrics import Metrics
+
+    metrics = Metrics()
+    engine = Engine(lm, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
+    app = FastAPI(title="dlm", version="1", description="OpenAI-compatible API for diffusion language models")
+    app.state.engine, app.state.metrics = engine, metrics
+    created = int(time.time())
+    tok = lm.tokenizer
+    defaults = lm.generation_config
+    limit = lm.model.config.max_seq_len
+
+    @app.on_event("shutdown")
+    def _shutdown():
+        engine.shutdown()
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, e: APIError):
+        metrics.requests.labels(str(e.status)).inc()
+        return _error(e.status, e.message, e.param, e.code, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        err = e.errors()[0] if e.errors() else {}
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        param = ".".join(loc) or "body"
+        msg = err.get("msg", "invalid request")
+        if err.get("type") == "json_invalid":
+            param, msg = "body", f"malformed JSON: {msg}"
+        metrics.requests.labels("400").inc()
+        return _error(400, f"{param}: {msg}", param, err.get("type"))
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/"):
+            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+                metrics.requests.labels("401").inc()
+                return _error(401, "missing or wrong API key (Authorization: Bearer KEY)", None, "invalid_api_key")
+        return await call_next(request)
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _config(s: Settings):
+        if s.model != model_name:
+            raise APIError(404, f"model {s.model!r} does not exist; this server serves {model_name!r}", "model",
+                           "model_not_found")  # fmt: skip
+        over = {"temperature": s.temperature, "top_p": s.top_p, "policy": s.policy, "threshold": s.threshold,
+                "cfg_scale": s.cfg_scale, "cache": s.cache}  # fmt: skip
+        over = {k: v for k, v in over.items() if v is not None}
+        if s.ignore_eos:
+            over.update(stop_at_eos=False, trim_at_eos=False)
+        if lm.is_causal:
+            return lm.make_config(None, gen_length=s.max_tokens, steps=s.max_tokens, **over)
+        bl = min(s.block_length or defaults.block_length or s.max_tokens, s.max_tokens)
+        G = -(-s.max_tokens // bl) * bl  # whole blocks; the text is cut to max_tokens
+        steps = s.steps or G * defaults.steps // max(1, defaults.gen_length)
+        nb = G // bl
+        steps = max(nb, steps - steps % nb)
+        try:
+            cfg = lm.make_config(None, gen_length=G, block_length=bl, steps=min(steps, G), **over)
+            cfg.validate()
+        except Exception as e:  # ConfigError names the field
+            raise APIError(400, str(e), getattr(e, "field", None)) from None
+        return cfg
+
+    def _jobs(prompts_ids: list[list[int]], s: Settings, frames: bool) -> list[Job]:
+        cfg = _config(s)
+        loop = asyncio.get_running_loop()
+        jobs = []
+        for i, ids in enumerate(prompts_ids):
+            if len(ids) + cfg.gen_length > limit:
+                raise APIError(400, f"prompt {i} has {len(ids)} tokens; with max_tokens (as {cfg.gen_length} "
+                                    f"generated) it exceeds the model's context of {limit}", "prompt")  # fmt: skip
+            for k in range(s.n):
+                seed = None if s.seed is None else s.seed + k
+                jobs.append(Job(ids, cfg, seed, frames, loop, asyncio.Queue(), timeout))
+        try:
+            engine.submit(jobs)
+        except QueueFull:
+            raise APIError(429, "the request queue is full; retry later", None, "queue_full",
+                           {"Retry-After": "1"}) from None  # fmt: skip
+        return jobs
+
+    def _text(ids: list[int], s: Settings) -> tuple[str, str]:
+        """Decoded text (cut at max_tokens and the first stop string) and the finish reason."""
+        ids = ids[: s.max_tokens]
+        text = tok.decode(ids, skip_special_tokens=True)
+        stops = [s.stop] if isinstance(s.stop, str) else (s.stop or [])
+        cuts = [text.find(x) for x in stops if x and x in text]
+        if cuts:
+            return text[: min(cuts)], "stop"
+        eos = lm.model.config.eos_token_id
+        return text, ("length" if len(ids) >= s.max_tokens and eos not in ids else "stop")
+
+    def _final_prefix(region: list[int]) -> list[int]:
+        mask = lm.model.config.mask_token_id
+        out = []
+        for t in region:
+            if t == mask:
+                break
+            out.append(t)
+        return out
+
+    async def _wait(request: Request, jobs: list[Job]) -> list[dict]:
+        results = []
+        for j in jobs:
+            while True:
+                try:
+                    kind, payload = await asyncio.wait_for(j.events.get(), timeout=0.25)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        engine.cancel(jobs)
+                        raise APIError(499, "client disconnected") from None
+                    continue
+                if kind == "done":
+                    results.append(payload)
+                    break
+                if kind == "error":
+                    raise APIError(504 if payload.startswith("timeout") else 500, payload)
+        return results
+
+    def _usage(jobs, results):
+        p = sum(len(j.ids) for j in jobs) // max(1, len(jobs)) * len({id(j.ids) for j in jobs})
+        c = sum(len(r["sequence"]) for r in results)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+                "nfe": sum(r["nfe"] for r in results)}  # fmt: skip
+
+    def _sse(obj) -> str:
+        return f"data: {json.dumps(obj)}\n\n"
+
+    async def _stream(request, jobs, s, make_chunk, finish_chunk):
+        """OpenAI chunks: text is sent as soon as a left-to-right prefix of the row is final."""
+        sent = ["" for _ in jobs]
+        try:
+            for i, j in enumerate(jobs):
+                while True:  # a client that goes away cancels this generator (CancelledError below)
+                    kind, payload = await j.events.get()
+                    if kind == "error":
+                        yield _sse({"error": {"message": payload, "type": "server_error"}})
+                        return
+                    ids = payload["sequence"] if kind == "done" else _final_prefix(payload)
+                    text, reason = _text(ids, s)
+                    if kind == "frame":
+                        text = text.rstrip("\ufffd")  # an unfinished UTF-8 sequence waits for its last byte
+                    if len(text) > len(sent[i]) and text.startswith(sent[i]):
+                        yield _sse(make_chunk(i, text[len(sent[i]) :]))
+                        sent[i] = text
+                    if kind == "done":
+                        yield _sse(finish_chunk(i, reason))
+                        metrics.finish(payload)
+                        break
+            yield "data: [DONE]\n\n"
+            metrics.requests.labels("200").inc()
+        except asyncio.CancelledError:  # the client went away mid-stream
+            engine.cancel(jobs)
+            raise
+
+    # ---- endpoints -------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name, "queue": len(engine.waiting), "running": engine.live}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus():
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+                                            "owned_by": "dlm"}]}  # fmt: skip
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts:
+            raise APIError(400, "prompt: empty list", "prompt")
+        jobs = _jobs([tok.encode_prompt(p) for p in prompts], body, body.stream)
+        rid, now = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        base = {"id": rid, "object": "text_completion", "created": now, "model": model_name}
+        if body.stream:
+            return StreamingResponse(_stream(
+                request, jobs, body,
+                lambda i, d: {**base, "choices": [{"index": i, "text": d, "logprobs": None, "finish_reason": None}]},
+                lambda i, r: {**base, "choices": [{"index": i, "text": "", "logprobs": None, "finish_reason": r}]},
+            ), media_type="text/event-stream")  # fmt: skip
+        results = await _wait(request, jobs)
+        choices = []
+        for i, r in enumerate(results):
+            text, reason = _text(r["sequence"], body)
+            choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": reason})
+            metrics.finish(r)
+        metrics.requests.labels("200").inc()
+        return {**base, "choices": choices, "usage": _usage(jobs, results)}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request):
+        msgs = [m.model_dump() for m in body.messages]
+        try:
+            ids = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
+        except Exception as e:
+            raise APIError(400, f"messages: {e}", "messages") from None
+        jobs = _jobs([ids], body, body.stream)
+        rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        base = {"id": rid, "object": "chat.completion", "created": now, "model": model_name}
+        if body.stream:
+            chunk = {**base, "object": "chat.completion.chunk"}
+            return StreamingResponse(_stream(
+                request, jobs, body,
+                lambda i, d: {**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": d},
+                                                    "finish_reason": None}]},
+                lambda i, r: {**chunk, "choices": [{"index": i, "delta": {}, "finish_reason": r}]},
+            ), media_type="text/event-stream")  # fmt: skip
+        results = await _wait(request, jobs)
+        choices = []
+        for i, r in enumerate(results):
+            text, reason = _text(r["sequence"], body)
+            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason})
+            metrics.finish(r)
+        metrics.requests.labels("200").inc()
+        return {**base, "choices": choices, "usage": _usage(jobs, results)}
+
+    @app.post("/v1/dlm/denoise")
+    async def denoise(body: CompletionRequest, request: Request):
+        """Server-sent events, one per denoising step: the generated region's tokens as text pieces, with
+        `null` where a position is still masked; the last event has `done: true` and the final text."""
+        if body.n != 1 or not isinstance(body.prompt, str):
+            raise APIError(400, "denoise streams one prompt (a string) with n = 1", "prompt")
+        (job,) = _jobs([tok.encode_prompt(body.prompt)], body, True)
+        mask = lm.model.config.mask_token_id
+
+        async def events():
+            step = 0
+            try:
+                while True:
+                    kind, payload = await job.events.get()
+                    if kind == "error":
+                        yield _sse({"error": {"message": payload}})
+                        return
+                    if kind == "frame":
+                        pieces = [None if t == mask else tok.decode([t]) for t in payload[: body.max_tokens]]
+                        yield _sse({"step": step, "tokens": pieces, "masked": sum(p is None for p in pieces)})
+                        step += 1
+                    else:
+                        text, reason = _text(payload["sequence"], body)
+                        yield _sse({"done": True, "text": text, "finish_reason": reason, "nfe": payload["nfe"],
+                                    "steps": payload["steps"]})  # fmt: skip
+                        metrics.finish(payload)
+                        metrics.requests.labels("200").inc()
+                        return
+            except asyncio.CancelledError:
+                engine.cancel([job])
+                raise
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
