@@ -12,17 +12,19 @@ import asyncio
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..sampling.policies import POLICIES
 from .engine import Engine, Job, QueueFull
 
 CACHES = ("none", "prefix", "dual")
+PLAYGROUND = (Path(__file__).parent / "static" / "index.html").read_text()
 
 
 class Settings(BaseModel):
@@ -72,6 +74,11 @@ class Settings(BaseModel):
 
 class CompletionRequest(Settings):
     prompt: str | list[str]
+
+
+class DenoiseRequest(Settings):
+    prompt: str
+    suffix: str | None = None  # infilling: the text after the generated span (diffusion models only)
 
 
 class Message(BaseModel):
@@ -162,17 +169,17 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
             raise APIError(400, str(e), getattr(e, "field", None)) from None
         return cfg
 
-    def _jobs(prompts_ids: list[list[int]], s: Settings, frames: bool) -> list[Job]:
+    def _jobs(prompts_ids: list[list[int]], s: Settings, frames: bool, suffix: list[int] | None = None) -> list[Job]:
         cfg = _config(s)
         loop = asyncio.get_running_loop()
         jobs = []
         for i, ids in enumerate(prompts_ids):
-            if len(ids) + cfg.gen_length > limit:
+            if len(ids) + cfg.gen_length + len(suffix or []) > limit:
                 raise APIError(400, f"prompt {i} has {len(ids)} tokens; with max_tokens (as {cfg.gen_length} "
                                     f"generated) it exceeds the model's context of {limit}", "prompt")  # fmt: skip
             for k in range(s.n):
                 seed = None if s.seed is None else s.seed + k
-                jobs.append(Job(ids, cfg, seed, frames, loop, asyncio.Queue(), timeout))
+                jobs.append(Job(ids, cfg, seed, frames, loop, asyncio.Queue(), timeout, suffix=suffix or []))
         try:
             engine.submit(jobs)
         except QueueFull:
@@ -318,13 +325,23 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
         metrics.requests.labels("200").inc()
         return {**base, "choices": choices, "usage": _usage(jobs, results)}
 
+    @app.get("/", response_class=HTMLResponse)
+    async def playground():
+        return HTMLResponse(PLAYGROUND.replace("__DLM_MODEL__", json.dumps(model_name)[1:-1]))
+
     @app.post("/v1/dlm/denoise")
-    async def denoise(body: CompletionRequest, request: Request):
+    async def denoise(body: DenoiseRequest, request: Request):
         """Server-sent events, one per denoising step: the generated region's tokens as text pieces, with
-        `null` where a position is still masked; the last event has `done: true` and the final text."""
-        if body.n != 1 or not isinstance(body.prompt, str):
-            raise APIError(400, "denoise streams one prompt (a string) with n = 1", "prompt")
-        (job,) = _jobs([tok.encode_prompt(body.prompt)], body, True)
+        `null` where a position is still masked; the last event has `done: true` and the final text. With
+        `suffix`, the span between prompt and suffix is filled (infilling)."""
+        if body.n != 1:
+            raise APIError(400, "denoise streams one answer: n must be 1", "n")
+        suffix = None
+        if body.suffix:
+            if lm.is_causal:
+                raise APIError(400, "a causal (autoregressive) model cannot fill before a suffix", "suffix")
+            suffix = tok.encode(body.suffix)
+        (job,) = _jobs([tok.encode_prompt(body.prompt)], body, True, suffix)
         mask = lm.model.config.mask_token_id
 
         async def events():

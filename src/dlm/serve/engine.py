@@ -41,6 +41,7 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     handle: int | None = None
     steps: int = 0
+    suffix: list[int] = field(default_factory=list)
 
     def key(self) -> tuple:
         c = self.cfg
@@ -125,7 +126,7 @@ class Engine:
             if key not in self.running:
                 self.running[key] = (Denoiser(self.lm.model, j.cfg), {})
             d, members = self.running[key]
-            (h,) = d.add([j.ids], seeds=[j.seed] if j.seed is not None else None)
+            (h,) = d.add([j.ids], [j.suffix], seeds=[j.seed] if j.seed is not None else None)
             j.handle = h
             members[h] = j
 

@@ -1,0 +1,85 @@
+"""The web playground in headless Chromium (Debian's chromium + chromium-driver, driven by selenium): a prompt
+submitted in the page shows intermediate denoising frames (masks still visible) and then the final text."""
+
+import shutil
+import time
+
+import pytest
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+import dlm  # noqa: E402
+
+from .test_serve import Server  # noqa: E402
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian chromium + chromium-driver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(a)
+    d = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    yield d
+    d.quit()
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server(dlm.load("builtin"), model_name="builtin")
+    yield s
+    s.stop()
+
+
+def _run(browser, timeout=60):
+    canvas = browser.find_element(By.ID, "canvas")
+    seen_masked = False
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if not seen_masked and "░" in canvas.text and int(canvas.get_attribute("data-frames") or 0) >= 1:
+            seen_masked = True  # an intermediate frame: some positions still masked
+        if canvas.get_attribute("data-done") == "true":
+            break
+        time.sleep(0.02)
+    return canvas, seen_masked
+
+
+def test_playground_shows_frames_then_the_text(browser, server):
+    browser.get(server.url + "/")
+    assert "dlm playground" in browser.title
+    browser.find_element(By.ID, "max_tokens").clear()
+    browser.find_element(By.ID, "max_tokens").send_keys("32")
+    browser.find_element(By.ID, "steps").clear()
+    browser.find_element(By.ID, "steps").send_keys("32")
+    browser.find_element(By.ID, "delay").clear()
+    browser.find_element(By.ID, "delay").send_keys("40")
+    browser.find_element(By.ID, "go").click()
+    canvas, seen_masked = _run(browser)
+    assert seen_masked, "no intermediate frame with masks was shown"
+    assert canvas.get_attribute("data-done") == "true"
+    frames = int(canvas.get_attribute("data-frames"))
+    assert frames >= 2
+    final = canvas.get_attribute("data-text")
+    assert "░" not in canvas.text and canvas.text.startswith("def fibonacci(n):") and final.strip() in canvas.text
+    assert "done:" in browser.find_element(By.ID, "status").text
+
+
+def test_playground_infill_mode(browser, server):
+    browser.get(server.url + "/")
+    browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=infill]").click()
+    assert browser.find_element(By.ID, "suffix").is_displayed()
+    browser.find_element(By.ID, "max_tokens").clear()
+    browser.find_element(By.ID, "max_tokens").send_keys("8")
+    browser.find_element(By.ID, "steps").clear()
+    browser.find_element(By.ID, "steps").send_keys("8")
+    browser.find_element(By.ID, "block_length").clear()
+    browser.find_element(By.ID, "block_length").send_keys("8")
+    browser.find_element(By.ID, "go").click()
+    canvas, seen_masked = _run(browser)
+    assert seen_masked and canvas.get_attribute("data-done") == "true"
+    assert canvas.text.rstrip().endswith("return result")  # the suffix stays where it is
