@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..sampling.policies import POLICIES
 from .engine import Engine, Job, QueueFull
@@ -125,6 +126,11 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
     async def _api_error(request, e: APIError):
         metrics.requests.labels(str(e.status)).inc()
         return _error(e.status, e.message, e.param, e.code, e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, e: StarletteHTTPException):  # unknown path, wrong method: same error shape
+        metrics.requests.labels(str(e.status_code)).inc()
+        return _error(e.status_code, str(e.detail), None, None, getattr(e, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e: RequestValidationError):
