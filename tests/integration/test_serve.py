@@ -58,7 +58,7 @@ def _client(server, key="none"):
     return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
 
 
-def test_openai_client_completions_chat_and_streams(server):
+def test_openai_client_completions_chat_and_streams(server, lm):
     c = _client(server)
     assert [m.id for m in c.models.list().data] == ["builtin"]
     r = c.completions.create(model="builtin", prompt="def fibonacci(n):", max_tokens=24, seed=0)
@@ -75,7 +75,7 @@ def test_openai_client_completions_chat_and_streams(server):
                                            max_tokens=16, seed=0, stream=True))  # fmt: skip
     assert "".join(p.choices[0].delta.content or "" for p in parts) == ch.choices[0].message.content
     two = c.completions.create(model="builtin", prompt="import os\n", max_tokens=8, n=2, seed=1, temperature=1.0)
-    assert len(two.choices) == 2
+    assert len(two.choices) == 2 and two.usage.prompt_tokens == len(lm.tokenizer.encode_prompt("import os\n"))
 
 
 def test_a_request_gives_the_same_text_alone_and_batched(server):

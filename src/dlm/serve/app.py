@@ -232,7 +232,7 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
         return results
 
     def _usage(jobs, results):
-        p = sum(len(j.ids) for j in jobs) // max(1, len(jobs)) * len({id(j.ids) for j in jobs})
+        p = sum({id(j.ids): len(j.ids) for j in jobs}.values())  # the n choices of a prompt share its ids
         c = sum(len(r["sequence"]) for r in results)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
                 "nfe": sum(r["nfe"] for r in results)}  # fmt: skip
