@@ -28,7 +28,6 @@ import math
 import time
 from pathlib import Path
 
-from ..errors import InputError
 
 CLAIMS = {
     1: ("Faster inference than AR (parallel decoding)", "up to 2.5× faster; thousands of tokens/s"),
@@ -133,10 +132,9 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if not Path(data).is_file():
-        raise InputError("--data", f"{data} not found; run `dlm data prepare python` first")
+    sources = expand_sources([data], "--data")  # names the path when nothing matches
     diff, ar = dlm.load("builtin"), dlm.load("builtin-ar")
-    texts = [d for _, d in iter_documents(expand_sources([data], "--data")) if isinstance(d, str)]
+    texts = [d for _, d in iter_documents(sources) if isinstance(d, str)]
     functions = code.extract_functions(texts)
     n = 8 if quick else 100
     m: dict = {"quick": quick, "machine": None, "conditions": {}}
