@@ -9,6 +9,7 @@ like the OpenAI ones; a bad field gets a 400 whose `param` names it. `--api-key`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -111,16 +112,20 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
 
     metrics = Metrics()
     engine = Engine(lm, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
-    app = FastAPI(title="dlm", version="1", description="OpenAI-compatible API for diffusion language models")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        engine.shutdown()
+
+    app = FastAPI(
+        title="dlm", version="1", description="OpenAI-compatible API for diffusion language models", lifespan=lifespan
+    )
     app.state.engine, app.state.metrics = engine, metrics
     created = int(time.time())
     tok = lm.tokenizer
     defaults = lm.generation_config
     limit = lm.model.config.max_seq_len
-
-    @app.on_event("shutdown")
-    def _shutdown():
-        engine.shutdown()
 
     @app.exception_handler(APIError)
     async def _api_error(request, e: APIError):
