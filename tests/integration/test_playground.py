@@ -36,6 +36,13 @@ def server():
     s.stop()
 
 
+def _set(browser, **fields):
+    for name, value in fields.items():
+        box = browser.find_element(By.ID, name)
+        box.clear()
+        box.send_keys(str(value))
+
+
 def _run(browser, timeout=60):
     canvas = browser.find_element(By.ID, "canvas")
     seen_masked = False
@@ -52,12 +59,7 @@ def _run(browser, timeout=60):
 def test_playground_shows_frames_then_the_text(browser, server):
     browser.get(server.url + "/")
     assert "dlm playground" in browser.title
-    browser.find_element(By.ID, "max_tokens").clear()
-    browser.find_element(By.ID, "max_tokens").send_keys("32")
-    browser.find_element(By.ID, "steps").clear()
-    browser.find_element(By.ID, "steps").send_keys("32")
-    browser.find_element(By.ID, "delay").clear()
-    browser.find_element(By.ID, "delay").send_keys("40")
+    _set(browser, max_tokens=32, steps=32, delay=40)
     browser.find_element(By.ID, "go").click()
     canvas, seen_masked = _run(browser)
     assert seen_masked, "no intermediate frame with masks was shown"
@@ -73,12 +75,7 @@ def test_playground_infill_mode(browser, server):
     browser.get(server.url + "/")
     browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=infill]").click()
     assert browser.find_element(By.ID, "suffix").is_displayed()
-    browser.find_element(By.ID, "max_tokens").clear()
-    browser.find_element(By.ID, "max_tokens").send_keys("8")
-    browser.find_element(By.ID, "steps").clear()
-    browser.find_element(By.ID, "steps").send_keys("8")
-    browser.find_element(By.ID, "block_length").clear()
-    browser.find_element(By.ID, "block_length").send_keys("8")
+    _set(browser, max_tokens=8, steps=8, block_length=8)
     browser.find_element(By.ID, "go").click()
     canvas, seen_masked = _run(browser)
     assert seen_masked and canvas.get_attribute("data-done") == "true"

@@ -52,18 +52,12 @@ class Settings(BaseModel):
     cache: str | None = None
     ignore_eos: bool = False  # as in vLLM: generate max_tokens even past EOS
 
-    @field_validator("policy")
+    @field_validator("policy", "cache")
     @classmethod
-    def _policy(cls, v):
-        if v is not None and v not in POLICIES:
-            raise ValueError(f"unknown policy {v!r}; allowed: {', '.join(sorted(POLICIES))}")
-        return v
-
-    @field_validator("cache")
-    @classmethod
-    def _cache(cls, v):
-        if v is not None and v not in CACHES:
-            raise ValueError(f"unknown cache {v!r}; allowed: {', '.join(CACHES)}")
+    def _known(cls, v, info):
+        allowed = sorted(POLICIES) if info.field_name == "policy" else list(CACHES)
+        if v is not None and v not in allowed:
+            raise ValueError(f"unknown {info.field_name} {v!r}; allowed: {', '.join(allowed)}")
         return v
 
     @field_validator("stop")
