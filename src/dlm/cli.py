@@ -239,8 +239,21 @@ def train(
     config: Path = typer.Argument(..., help="YAML run config."),
     set_: List[str] = typer.Option([], "--set", help="Override: section.key=value (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in out_dir."),
+    nproc: int = typer.Option(
+        1, "--nproc", help="Processes on this machine: >1 launches torchrun (data parallel; train.distributed)."
+    ),
 ):
-    """Train a model from a YAML config."""
+    """Train a model from a YAML config (one process, or N through torchrun with --nproc N)."""
+    if nproc < 1:
+        _fail(InputError("--nproc", f"got {nproc}; must be >= 1"))
+    if nproc > 1:
+        import subprocess
+        import sys
+
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        cmd += ["-m", "dlm.train", str(config)] + [a for s in set_ for a in ("--set", s)]
+        cmd += ["--resume"] if resume else []
+        raise typer.Exit(subprocess.call(cmd))
     from .training import Trainer, load_run_config
 
     try:

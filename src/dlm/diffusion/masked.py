@@ -82,20 +82,28 @@ class MaskedDiffusion:
         self.fused = True  # fused chunked head + cross-entropy for dlm Transformers (False: plain logits)
 
     # ---- time and noise ---------------------------------------------------------------------
-    def sample_t(self, batch: int, generator=None, device="cpu") -> torch.Tensor:
-        """t in [eps, 1]; antithetic: u_i = (u + i/B) mod 1."""
+    def sample_t(self, batch: int, generator=None, device="cpu", shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """t in [eps, 1]; antithetic: u_i = (u + i/B) mod 1.
+
+        shard=(rank, world): this call holds rows rank::world of a global batch of batch*world rows (data
+        parallel); t is drawn for the global batch and sliced, so every row gets the t it gets in one process."""
         eps = self.config.eps
+        rank, world = shard
+        n = batch * world
         if self.config.antithetic:
             u0 = _rand((1,), generator, device)
-            u = (u0 + torch.arange(batch, device=device) / batch) % 1.0
+            u = (u0 + torch.arange(n, device=device) / n) % 1.0
         else:
-            u = _rand((batch,), generator, device)
-        return eps + (1.0 - eps) * u
+            u = _rand((n,), generator, device)
+        return (eps + (1.0 - eps) * u)[rank::world]
 
-    def add_noise(self, x0, t, generator=None, maskable: torch.Tensor | None = None):
-        """Mask each maskable token with probability 1 - alpha(t). Returns (x_t, masked)."""
+    def add_noise(self, x0, t, generator=None, maskable: torch.Tensor | None = None, shard: tuple[int, int] = (0, 1)):
+        """Mask each maskable token with probability 1 - alpha(t). Returns (x_t, masked). `shard` as in
+        sample_t: the uniforms are drawn for the global batch and this shard's rows kept."""
         p = self.schedule.mask_prob(t)[:, None]
-        masked = (_rand(x0.shape, generator, x0.device) < p) & (x0 != self.mask_token_id)
+        rank, world = shard
+        u = _rand((x0.shape[0] * world, *x0.shape[1:]), generator, x0.device)[rank::world]
+        masked = (u < p) & (x0 != self.mask_token_id)
         if maskable is not None:
             masked &= maskable
         xt = torch.where(masked, torch.full_like(x0, self.mask_token_id), x0)
@@ -143,8 +151,9 @@ class MaskedDiffusion:
         w = self.schedule.weight(t.float())[:, None]
         return (ce * w).sum() / max(num_tokens, 1)
 
-    def loss(self, model, input_ids, attention_mask=None, generator=None) -> LossOutput:
-        """Pre-training ELBO loss on packed sequences (attention_mask marks real tokens, optional)."""
+    def loss(self, model, input_ids, attention_mask=None, generator=None, shard=(0, 1)) -> LossOutput:
+        """Pre-training ELBO loss on packed sequences (attention_mask marks real tokens, optional). With
+        shard=(rank, world) (data parallel; see sample_t) the mean over ranks equals the one-process loss."""
         if (
             self.config.random_length_prob > 0
             and _rand((1,), generator, input_ids.device).item() < self.config.random_length_prob
@@ -153,24 +162,26 @@ class MaskedDiffusion:
             new_len = int(torch.randint(1, input_ids.shape[1] + 1, (1,), generator=generator, device=dev).item())
             input_ids = input_ids[:, :new_len]
             attention_mask = attention_mask[:, :new_len] if attention_mask is not None else None
-        t = self.sample_t(input_ids.shape[0], generator, input_ids.device)
+        t = self.sample_t(input_ids.shape[0], generator, input_ids.device, shard)
         maskable = attention_mask.bool() if attention_mask is not None else None
-        xt, masked = self.add_noise(input_ids, t, generator, maskable)
+        xt, masked = self.add_noise(input_ids, t, generator, maskable, shard)
         num_tokens = int(maskable.sum()) if maskable is not None else input_ids.numel()
         total, n_masked = self.weighted_masked_ce(
             model, xt, input_ids, masked, self.schedule.weight(t.float()), attention_mask
         )
         return LossOutput(total / max(num_tokens, 1), num_tokens, n_masked)
 
-    def sft_loss(self, model, input_ids, prompt_lengths, attention_mask=None, generator=None) -> LossOutput:
+    def sft_loss(
+        self, model, input_ids, prompt_lengths, attention_mask=None, generator=None, shard=(0, 1)
+    ) -> LossOutput:
         """SFT: prompt never masked; answer (with its EOS padding) masked; normalised per answer length."""
         B, L = input_ids.shape
         pos = torch.arange(L, device=input_ids.device)[None, :]
         answer = pos >= prompt_lengths[:, None]
         if attention_mask is not None:
             answer &= attention_mask.bool()
-        t = self.sample_t(B, generator, input_ids.device)
-        xt, masked = self.add_noise(input_ids, t, generator, answer)
+        t = self.sample_t(B, generator, input_ids.device, shard)
+        xt, masked = self.add_noise(input_ids, t, generator, answer, shard)
         answer_len = answer.sum(1).clamp(min=1).float()
         total, n_masked = self.weighted_masked_ce(
             model, xt, input_ids, masked, self.schedule.weight(t.float()) / answer_len, attention_mask

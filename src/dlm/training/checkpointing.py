@@ -1,16 +1,21 @@
 """Training checkpoints: model, optimizer, scheduler, RNG and data position, written atomically.
 
-Layout: OUT/checkpoints/step_00000100/{model.safetensors, optimizer.safetensors, trainer_state.json,
-rng.safetensors}. A folder is published by one rename, so a crash mid-write never leaves a half
-checkpoint under a real name; the newest complete folder is the one resumed.
+Layout: OUT/checkpoints/step_00000100/{shard-0000R-model-00001-of-00001.safetensors (one per rank: model and
+optimizer tensors, written by torch.distributed.checkpoint's safetensors writer, resharded on load to any
+number of ranks), rng.safetensors, trainer_state.json (data position, scheduler, optimizer hyper-parameters,
+RNG)}. A folder is published by one rename, so a crash mid-write never leaves a half checkpoint under a real
+name; the newest complete folder is the one resumed. No pickle anywhere.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
+import signal
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from ..hub.checkpoint import _atomic_dir
+from .distributed import DistEnv, barrier
 
 STATE_NAME = "trainer_state.json"
 _STEP_RE = re.compile(r"^step_(\d{8})$")
@@ -75,25 +80,98 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict, noise_gen: torch
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, noise_gen, state: dict, keep: int = 2) -> Path:
+def _state_dicts(module, optimizer, keep_key) -> tuple[dict, dict]:
+    """Model and optimizer state keyed by parameter name (sharded DTensors under FSDP2, plain tensors
+    otherwise; DDP's and the checkpoint wrapper's prefixes stripped), only the keys `keep_key` accepts."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    msd, osd = get_state_dict(module, optimizer)
+    msd = {k: v for k, v in msd.items() if keep_key(k)}
+    osd["state"] = {k: v for k, v in osd["state"].items() if keep_key(k)}
+    return msd, osd
+
+
+def _quiet_single_process():
+    """DCP warns that it assumes one process when no process group is up: that is the intent here."""
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    return ctx
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in path.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    module,
+    optimizer,
+    scheduler,
+    noise_gen,
+    state: dict,
+    keep: int = 2,
+    *,
+    env: DistEnv = DistEnv(),
+    keep_key=lambda k: True,
+) -> Path:
+    """Every rank writes its own shard (torch.distributed.checkpoint, safetensors files) into a hidden
+    folder; rank 0 adds trainer_state.json and rng.safetensors and publishes the folder with one rename.
+    A process killed at any moment leaves either the complete folder or none under a step_ name."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
     root = Path(root)
     final = root / f"step_{step:08d}"
-    model_state = {
-        k: v.detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
-        if not (k == "lm_head.weight" and model.config.tie_embeddings)
-    }
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
-    rng_tensors, rng_meta = rng_state(noise_gen)
-    with _atomic_dir(final) as tmp:
-        save_file(model_state, str(tmp / "model.safetensors"))
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    tmp = root / f".step_{step:08d}.tmp"
+    if env.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    msd, osd = _state_dicts(module, optimizer, keep_key)
+    quiet = _quiet_single_process()
+    try:
+        dcp.save(
+            {"model": msd, "optim": osd["state"]},
+            storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True),
+        )
+    finally:
+        quiet.__exit__(None, None, None)
+    _fault("checkpoint", step)
+    if env.is_main:
+        rng_tensors, rng_meta = rng_state(noise_gen)
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        full = {**state, "step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta}
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in osd["param_groups"]]
+        full = {
+            **state,
+            "step": step,
+            "world_size": env.world_size,
+            "format": "dcp-safetensors",
+            "optimizer": {"param_groups": groups},
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_meta,
+        }
         (tmp / STATE_NAME).write_text(json.dumps(full))
-    for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved again (a resumed run): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
     return final
+
+
+def _fault(where: str, step: int) -> None:
+    """Fault injection for the crash tests: DLM_FAULT=checkpoint:STEP kills this process with SIGKILL after
+    its shard of step STEP's checkpoint is written and before the checkpoint is published."""
+    spec = os.environ.get("DLM_FAULT", "")
+    if spec == f"{where}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -109,14 +187,59 @@ def latest_checkpoint(root: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, noise_gen) -> dict:
+def load_checkpoint(path: Path, module, optimizer, scheduler, noise_gen, *, keep_key=lambda k: True) -> dict:
+    """Restore a checkpoint written by save_checkpoint, on any number of ranks (the shards are resharded
+    to this run's layout). Checkpoints from before the sharded format (model.safetensors +
+    optimizer.safetensors) load into a one-process run."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
     path = Path(path)
     try:
         state = json.loads((path / STATE_NAME).read_text())
-        model_state = load_file(str(path / "model.safetensors"))
-        opt_tensors = load_file(str(path / "optimizer.safetensors"))
         rng_tensors = load_file(str(path / "rng.safetensors"))
     except (OSError, json.JSONDecodeError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: unreadable training checkpoint ({e})") from None
+    if state.get("format") != "dcp-safetensors":
+        _load_legacy(path, state, getattr(module, "net", module), optimizer)
+    else:
+        msd, osd = _state_dicts(module, optimizer, keep_key)
+        target = {"model": msd, "optim": osd["state"]}
+        quiet = _quiet_single_process()
+        try:
+            dcp.load(target, storage_reader=HuggingFaceStorageReader(str(path)))
+        except Exception as e:  # DCP raises CheckpointException / RuntimeError for missing or misshapen tensors
+            raise CheckpointError(
+                f"{path}: the checkpoint does not fit the configured model ({str(e).splitlines()[0][:300]}); "
+                "resume with the settings the run was started with"
+            ) from None
+        finally:
+            quiet.__exit__(None, None, None)
+        saved_groups = state["optimizer"]["param_groups"]
+        if len(saved_groups) != len(osd["param_groups"]):
+            raise CheckpointError(
+                f"{path}: optimizer has {len(saved_groups)} parameter groups, expected {len(osd['param_groups'])}"
+            )
+        osd["state"] = target["optim"]
+        osd["param_groups"] = [{**g, **saved} for g, saved in zip(osd["param_groups"], saved_groups)]
+        set_state_dict(
+            module,
+            optimizer,
+            model_state_dict=target["model"],
+            optim_state_dict=osd,
+            options=StateDictOptions(strict=False),
+        )
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(rng_tensors, state["rng"], noise_gen)
+    return state
+
+
+def _load_legacy(path: Path, state: dict, model, optimizer) -> None:
+    try:
+        model_state = load_file(str(path / "model.safetensors"))
+        opt_tensors = load_file(str(path / "optimizer.safetensors"))
+    except (OSError, SafetensorError) as e:
         raise CheckpointError(f"{path}: unreadable training checkpoint ({e})") from None
     try:
         missing, unexpected = model.load_state_dict(model_state, strict=False)
@@ -131,8 +254,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, noise_gen) -> dict:
             f"{path}: model weights do not match the config; missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     device = next(model.parameters()).device
-    opt_sd = _unflatten_optimizer({k: v.to(device) for k, v in opt_tensors.items()}, state["optimizer"])
-    optimizer.load_state_dict(opt_sd)
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(rng_tensors, state["rng"], noise_gen)
-    return state
+    optimizer.load_state_dict(
+        _unflatten_optimizer({k: v.to(device) for k, v in opt_tensors.items()}, state["optimizer"])
+    )

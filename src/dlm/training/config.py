@@ -58,11 +58,21 @@ class LoopConfig:
     compile: bool = False  # torch.compile the model
     seed: int = 0
     progress: bool = True
+    # Start from an existing model (a dlm folder, a LLaDA/Dream/LLaMA-family folder): its weights, its network
+    # settings (the `model` section is then ignored) and, unless tokenizer.path is set, its tokenizer.
+    init_from: str | None = None
+    # Data parallel (under torchrun, WORLD_SIZE > 1): ddp | fsdp (FSDP2, fully_shard per block). batch_size is
+    # the global micro-batch (split over ranks), so results do not depend on the number of ranks.
+    distributed: str = "ddp"
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
 
     def __post_init__(self):
         check_choice("train.objective", self.objective, ("diffusion", "ar"))
         check_choice("train.dtype", self.dtype, ("bf16", "fp32"))
         check_choice("train.device", self.device, ("auto", "cpu", "cuda", "mps"))
+        check_choice("train.distributed", self.distributed, ("ddp", "fsdp"))
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise ConfigError("train.init_from", f"got {self.init_from!r}; must be a model folder path")
         for name in (
             "batch_size",
             "grad_accum",
@@ -77,6 +87,38 @@ class LoopConfig:
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraSection:
+    """LoRA through PEFT: r = 0 trains every weight; r > 0 trains low-rank adapters on `target_modules` only.
+    quantize: none | nf4 (QLoRA: base linears in 4-bit NF4 via bitsandbytes; needs a CUDA GPU)."""
+
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    quantize: str = "none"
+
+    def __post_init__(self):
+        check_positive("lora.r", self.r, allow_zero=True)
+        check_positive("lora.alpha", self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("lora.dropout", f"got {self.dropout}; must be in [0, 1)")
+        if isinstance(self.target_modules, str):
+            self.target_modules = [self.target_modules]
+        if not self.target_modules or not all(m in LORA_TARGETS for m in self.target_modules):
+            raise ConfigError(
+                "lora.target_modules", f"got {self.target_modules!r}; allowed: a non-empty list of {LORA_TARGETS}"
+            )
+        check_choice("lora.quantize", self.quantize, ("none", "nf4"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.r > 0
+
+
 @dataclass
 class RunConfig:
     out_dir: str = "runs/default"
@@ -87,6 +129,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)  # saved with the final model
+    lora: LoraSection = field(default_factory=LoraSection)
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

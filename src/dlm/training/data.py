@@ -400,6 +400,7 @@ class BatchIterator:
         self.rank, self.world_size = int(rank), int(world_size)
         self.epoch, self.position = 0, 0
         self._perm_epoch, self._perm = -1, None
+        self.last_indices: np.ndarray | None = None
 
     @property
     def batches_per_epoch(self) -> int:
@@ -419,6 +420,7 @@ class BatchIterator:
             self.epoch, self.position = self.epoch + 1, 0
         idx = self._permutation()[self.position : self.position + self.batch_size]
         self.position += self.batch_size
+        self.last_indices = idx  # the global batch's example indices (every rank knows them)
         return self.dataset.batch(idx[self.rank :: self.world_size])
 
     def state_dict(self) -> dict:

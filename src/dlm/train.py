@@ -1,0 +1,47 @@
+"""`python -m dlm.train CONFIG [--set k=v ...] [--resume]`: the training entry point torchrun launches.
+
+    torchrun --nproc-per-node 2 -m dlm.train examples/configs/tiny.yaml --resume
+
+Each process reads RANK / WORLD_SIZE / LOCAL_RANK from torchrun and trains its shard of every global batch
+(DDP or FSDP2, from train.distributed). `dlm train CONFIG --nproc N` launches this through torchrun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import DLMError
+    from .training import Trainer, load_run_config
+    from .training import distributed as D
+
+    parser = argparse.ArgumentParser(prog="python -m dlm.train", description="Train a dlm model (torchrun-ready).")
+    parser.add_argument("config", help="YAML run config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
+    args = parser.parse_args(argv)
+    env = D.DistEnv.from_env()
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+        trainer = Trainer(cfg, env=env)
+        if args.resume and not trainer.resume() and env.is_main:
+            print(f"no checkpoint in {cfg.out_dir}/checkpoints; starting from scratch", file=sys.stderr)
+        trainer.train()
+    except DLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        D.shutdown()
+        return 2
+    if env.is_main:
+        last = trainer.history[-1] if trainer.history else {}
+        print(
+            f"done: step {trainer.step}, tokens {trainer.tokens_seen}, "
+            f"eval_ppl {last.get('eval_ppl', float('nan')):.2f}; model in {cfg.out_dir}/final"
+        )
+    D.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
