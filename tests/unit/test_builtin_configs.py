@@ -22,3 +22,15 @@ def test_builtin_configs_are_twins_within_the_size_limits():
     a["model"].pop("attention"), b["model"].pop("attention")
     a["train"].pop("objective"), b["train"].pop("objective")
     assert a["model"] == b["model"] and a["train"] == b["train"]
+
+
+def test_every_example_config_loads():
+    from dlm.training import load_run_config
+
+    paths = sorted(CONFIGS.rglob("*.yaml"))
+    assert len(paths) >= 10
+    for p in paths:
+        cfg = load_run_config(p)
+        assert cfg.out_dir.startswith("runs/"), p
+    lora = load_run_config(CONFIGS / "lora-sft.yaml")
+    assert lora.lora.enabled and lora.train.init_from and lora.data.task == "sft"

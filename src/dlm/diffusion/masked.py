@@ -190,13 +190,18 @@ class MaskedDiffusion:
 
     # ---- likelihood -------------------------------------------------------------------------
     @torch.no_grad()
-    def elbo_nll(self, model, input_ids, num_samples: int = 8, attention_mask=None, generator=None) -> torch.Tensor:
-        """Upper bound on -log p(x) per sequence (nats), Monte-Carlo over t, stratified in [eps, 1]."""
+    def elbo_nll(
+        self, model, input_ids, num_samples: int = 8, attention_mask=None, generator=None, maskable=None
+    ) -> torch.Tensor:
+        """Upper bound on -log p(x) per sequence (nats), Monte-Carlo over t, stratified in [eps, 1]. With
+        `maskable` (B, L) bool only those positions are noised and scored: -log p(x_maskable | the rest), e.g.
+        an SFT answer given its prompt."""
         if num_samples < 1:
             raise InputError("num_samples", f"got {num_samples}; must be >= 1")
         B = input_ids.shape[0]
         eps = self.config.eps
-        maskable = attention_mask.bool() if attention_mask is not None else None
+        if maskable is None:
+            maskable = attention_mask.bool() if attention_mask is not None else None
         total = torch.zeros(B, dtype=torch.float64, device=input_ids.device)
         offset = _rand((1,), generator, input_ids.device)
         for k in range(num_samples):

@@ -57,9 +57,16 @@ def write_sft(task: Task, split: str, n: int, out: str | Path) -> dict:
 
 
 def answer_length(lm, examples: list[Example], block: int) -> int:
-    """Tokens to generate: the longest answer (+ EOS), rounded up to a multiple of `block`."""
+    """Tokens to generate: the longest answer (+ EOS), rounded up to a multiple of `block`, but never past the
+    model's context: a model trained on short rows (max_seq_len = prompt + answer) gets the longest answer
+    exactly, or what room the longest prompt leaves if that is more."""
     longest = max(len(lm.tokenizer.encode(ex.answer)) for ex in examples) + 1
-    return -(-longest // block) * block
+    rounded = -(-longest // block) * block
+    tok = lm.tokenizer
+    chats = [ex.messages(with_answer=False) for ex in examples]
+    prompt = max(len(tok.encode(tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False))) for m in chats)
+    room = lm.model.config.max_seq_len - prompt
+    return rounded if rounded <= room else max(longest, room)
 
 
 def evaluate(lm, task: Task, examples: list[Example], *, batch_size: int = 8, keep: int = 5, **overrides) -> dict:

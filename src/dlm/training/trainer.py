@@ -89,11 +89,11 @@ class TrainingModule(nn.Module):
         self.objective = objective
         self.diffusion = diffusion
         self.shard = shard
-        object.__setattr__(self, "_call", compiled or net)  # torch.compile'd view of net, not a submodule
+        object.__setattr__(self, "_call", net if compiled is None else compiled)  # compiled view, not a submodule
 
     def forward(self, input_ids, prompt_lengths=None, generator=None, ar_normalizer=None, eval_samples: int = 0):
         if eval_samples:
-            return self._eval_nll(input_ids, eval_samples, generator)
+            return self._eval_nll(input_ids, eval_samples, generator, prompt_lengths)
         if self.objective == "ar":
             return ar_loss(self._call, input_ids, prompt_lengths=prompt_lengths, normalizer=ar_normalizer)
         if prompt_lengths is not None:
@@ -102,14 +102,19 @@ class TrainingModule(nn.Module):
             ).loss
         return self.diffusion.loss(self._call, input_ids, generator=generator, shard=self.shard).loss
 
-    def _eval_nll(self, ids, samples, generator) -> torch.Tensor:
-        """Summed NLL (nats) of the batch: exact (ar) or the ELBO bound (diffusion)."""
+    def _eval_nll(self, ids, samples, generator, prompt_lengths=None) -> torch.Tensor:
+        """Summed NLL (nats) of the batch: exact (ar) or the ELBO bound (diffusion); with prompt_lengths
+        (SFT) of the answers given their prompts."""
         if self.objective == "ar":
             logits = self.net(ids).float()
-            return F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
-            )
-        return self.diffusion.elbo_nll(self.net, ids, samples, generator=generator).sum()
+            ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+            if prompt_lengths is not None:
+                ce = ce * answer_targets(ids, prompt_lengths).reshape(-1)
+            return ce.sum()
+        answer = None
+        if prompt_lengths is not None:
+            answer = torch.arange(ids.shape[1], device=ids.device)[None] >= prompt_lengths[:, None]
+        return self.diffusion.elbo_nll(self.net, ids, samples, generator=generator, maskable=answer).sum()
 
 
 class Trainer:
@@ -124,13 +129,13 @@ class Trainer:
         self.device = pick_device(config.train.device, self.env.local_rank)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        D.init(self.env, self.device)
-        if self.env.distributed and config.train.batch_size % self.env.world_size:
+        if config.train.batch_size % self.env.world_size:
             raise ConfigError(
                 "train.batch_size",
                 f"got {config.train.batch_size}; the global micro-batch must divide evenly over "
                 f"{self.env.world_size} ranks",
             )
+        D.init(self.env, self.device)
         self._seed_everything(config.train.seed)
         self.init_checkpoint = None
         if config.train.init_from:
@@ -149,7 +154,7 @@ class Trainer:
                     layer.compile()
             else:
                 compiled = torch.compile(self.model)
-        self.forward_model = compiled or self.model
+        self.forward_model = compiled if compiled is not None else self.model
         self.diffusion = MaskedDiffusion(
             config.diffusion, self.model_config.mask_token_id, shift_logits=self.model_config.shift_logits
         )
@@ -316,7 +321,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Held-out perplexity: ELBO bound (diffusion) or exact (ar); fixed seed, so comparable across steps.
-        Every rank scores the whole held-out split (under FSDP2 each forward is collective)."""
+        SFT data: of the answers given their prompts. Every rank scores the whole held-out split (under FSDP2
+        each forward is collective)."""
         if len(self.valid_data) == 0:  # no held-out split (valid_fraction 0 and no valid sources)
             return {}
         self.module.eval()
@@ -325,9 +331,14 @@ class Trainer:
         samples = self.cfg.train.eval_samples
         for batch in eval_batches(self.valid_data, self.cfg.train.batch_size, self.cfg.train.eval_batches):
             ids = batch["input_ids"].to(self.device)
+            plens = batch.get("prompt_lengths")
+            plens = plens.to(self.device) if plens is not None else None
             with self.autocast():
-                nll += float(self.module(ids, generator=gen, eval_samples=samples))
-            tokens += ids[:, 1:].numel() if self.cfg.train.objective == "ar" else ids.numel()
+                nll += float(self.module(ids, plens, generator=gen, eval_samples=samples))
+            if plens is not None:  # SFT: the answers' tokens (their EOS padding included), given the prompts
+                tokens += int((torch.arange(ids.shape[1], device=ids.device)[None] >= plens[:, None]).sum())
+            else:
+                tokens += ids[:, 1:].numel() if self.cfg.train.objective == "ar" else ids.numel()
         self.module.train()
         loss = nll / max(tokens, 1)
         return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": tokens}
