@@ -172,13 +172,16 @@ class MaskedDiffusion:
         return LossOutput(total / max(num_tokens, 1), num_tokens, n_masked)
 
     def sft_loss(
-        self, model, input_ids, prompt_lengths, attention_mask=None, generator=None, shard=(0, 1)
+        self, model, input_ids, prompt_lengths, attention_mask=None, generator=None, shard=(0, 1), answer_mask=None
     ) -> LossOutput:
-        """SFT: prompt never masked; answer (with its EOS padding) masked; normalised per answer length."""
+        """SFT: prompt never masked; answer (with its EOS padding) masked; normalised per answer length per row.
+        `answer_mask` (B, L) bool replaces `prompt_lengths` for rows holding several examples (packing)."""
         B, L = input_ids.shape
-        pos = torch.arange(L, device=input_ids.device)[None, :]
-        answer = pos >= prompt_lengths[:, None]
-        if attention_mask is not None:
+        if answer_mask is not None:
+            answer = answer_mask.to(device=input_ids.device, dtype=torch.bool)
+        else:
+            answer = torch.arange(L, device=input_ids.device)[None, :] >= prompt_lengths[:, None]
+        if attention_mask is not None and attention_mask.dim() == 2:
             answer &= attention_mask.bool()
         t = self.sample_t(B, generator, input_ids.device, shard)
         xt, masked = self.add_noise(input_ids, t, generator, answer, shard)

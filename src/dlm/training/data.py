@@ -54,8 +54,11 @@ class DataConfig:
     exclude: list[str] = field(default_factory=list)
     max_bytes: int = 0
     seed: int = 0
+    pack: bool = False  # SFT: several examples per row, each attending only to itself (pretraining always packs)
 
     def __post_init__(self) -> None:
+        if self.pack is not False and (self.pack is not True or self.task != "sft"):
+            raise ConfigError("data.pack", f"got {self.pack!r}; true only with task: sft (pretraining always packs)")
         if self.task not in TASKS:
             raise ConfigError("data.task", f"got {self.task!r}; allowed: {', '.join(TASKS)}")
         if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 2:
@@ -146,6 +149,66 @@ class SFTDataset:
         return {"input_ids": torch.from_numpy(rows), "prompt_lengths": lengths}
 
 
+class PackedSFTDataset:
+    """SFT examples packed several to a row (`data.pack: true`), built at load time from the cached rows.
+
+    Rows are filled greedily in example order; an example is never split. Each example keeps its own
+    positions (from 0) and, through `segment_ids`, attends only to itself: the trainer turns them into a
+    block-diagonal attention mask, so a packed example gives the hidden states it gives alone. The EOS padding
+    after a row's last example belongs to that example's answer (as in an unpacked row). `answer_mask` marks
+    the answer tokens (with their EOS) of every example: what the SFT losses predict."""
+
+    def __init__(self, base: SFTDataset, eos_id: int):
+        L = self.seq_len = base.seq_len
+        self.tokens = np.asarray(base.tokens)
+        self.prompt_lengths = base.prompt_lengths
+        self.eos_id = int(eos_id)
+        after_prompt = np.arange(L)[None, :] >= self.prompt_lengths[:, None]
+        ends = (self.tokens == self.eos_id) & after_prompt
+        self.lengths = np.where(ends.any(1), ends.argmax(1) + 1, L).astype(np.int64)  # through the answer's EOS
+        self.rows: list[list[int]] = []
+        cur: list[int] = []
+        used = 0
+        for i, n in enumerate(self.lengths.tolist()):
+            if cur and used + n > L:
+                self.rows.append(cur)
+                cur, used = [], 0
+            cur.append(i)
+            used += n
+        if cur:
+            self.rows.append(cur)
+        self.num_examples = len(self.lengths)
+        self.num_tokens = len(self.rows) * L
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        B, L = len(indices), self.seq_len
+        ids = np.full((B, L), self.eos_id, dtype=np.int64)
+        seg = np.zeros((B, L), dtype=np.int64)
+        pos = np.zeros((B, L), dtype=np.int64)
+        ans = np.zeros((B, L), dtype=bool)
+        for b, r in enumerate(indices):
+            at = 0
+            for k, i in enumerate(self.rows[int(r)]):
+                n, p = int(self.lengths[i]), int(self.prompt_lengths[i])
+                ids[b, at : at + n] = self.tokens[i, :n]
+                seg[b, at : at + n] = k
+                pos[b, at : at + n] = np.arange(n)
+                ans[b, at + p : at + n] = True
+                at += n
+            seg[b, at:] = k  # the row's EOS padding continues the last example's answer
+            pos[b, at:] = np.arange(n, n + L - at)
+            ans[b, at:] = True
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "answer_mask": torch.from_numpy(ans),
+            "segment_ids": torch.from_numpy(seg),
+            "position_ids": torch.from_numpy(pos),
+        }
+
+
 # ---- building / caching -----------------------------------------------------------------------
 def _fingerprint(cfg: DataConfig, train_paths: list[Path], valid_paths: list[Path], tokenizer) -> str:
     def stat(p: Path):
@@ -159,7 +222,7 @@ def _fingerprint(cfg: DataConfig, train_paths: list[Path], valid_paths: list[Pat
         "vocab_size": int(tokenizer.vocab_size),
         "tokenizer": _tokenizer_hash(tokenizer),
         "eos": int(tokenizer.eos_token_id),
-        "cfg": dataclasses.asdict(cfg),
+        "cfg": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "pack"},  # packing happens at load
     }
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -342,7 +405,7 @@ def _read_meta(cache: Path) -> dict | None:
 
 def build_dataset(
     cfg: DataConfig, tokenizer, cache_dir: str | Path
-) -> tuple[PackedDataset | SFTDataset, PackedDataset | SFTDataset]:
+) -> tuple[PackedDataset | SFTDataset | PackedSFTDataset, PackedDataset | SFTDataset | PackedSFTDataset]:
     """Tokenise (or reuse the cache) and return (train, valid) datasets.
 
     `max_bytes` caps the train sources only. With task=pretrain, chat documents are rendered with the
@@ -366,6 +429,8 @@ def build_dataset(
     else:
         log.info("reusing token cache %s", cache)
     train, valid = _load_split(cfg, cache, meta, "train"), _load_split(cfg, cache, meta, "valid")
+    if cfg.pack:
+        train, valid = PackedSFTDataset(train, tokenizer.eos_token_id), PackedSFTDataset(valid, tokenizer.eos_token_id)
     if len(train) < 1:
         what = "windows" if cfg.task == "pretrain" else "examples"
         raise InputError(

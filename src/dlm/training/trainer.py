@@ -57,14 +57,20 @@ def answer_targets(input_ids, prompt_lengths) -> torch.Tensor:
     return (pos >= prompt_lengths.to(input_ids.device)[:, None]).float()
 
 
-def ar_loss(model, input_ids, attention_mask=None, prompt_lengths=None, normalizer=None) -> torch.Tensor:
+def ar_loss(
+    model, input_ids, attention_mask=None, prompt_lengths=None, normalizer=None, answer_mask=None
+) -> torch.Tensor:
     """Mean next-token cross-entropy. With a dlm Transformer the LM head and the cross-entropy run fused,
     chunk by chunk, without the (B, L, V) logits (as the diffusion loss does). With `prompt_lengths` (SFT)
     only the answer's tokens (and the EOS padding after it, as in the diffusion SFT loss) are predicted,
     summed and divided by `normalizer` (default: their number here; data parallel passes the global number
-    over the world size, so the ranks' mean is the one-process loss)."""
+    over the world size, so the ranks' mean is the one-process loss). `answer_mask` (B, L) marks the answer
+    tokens directly (packed rows)."""
     targets = input_ids[:, 1:].reshape(-1)
-    if prompt_lengths is None:
+    if answer_mask is not None:
+        keep = answer_mask[:, 1:].float().reshape(-1)
+        rw = keep / (keep.sum().clamp(min=1.0) if normalizer is None else normalizer)
+    elif prompt_lengths is None:
         rw = torch.full((targets.numel(),), 1.0 / max(targets.numel(), 1), device=input_ids.device)
     else:
         keep = answer_targets(input_ids, prompt_lengths).reshape(-1)
@@ -78,10 +84,34 @@ def ar_loss(model, input_ids, attention_mask=None, prompt_lengths=None, normaliz
     return (ce * rw).sum()
 
 
+class Segmented:
+    """The network seen through a packed batch: each example attends only within itself (causally for the AR
+    twin) and has its own positions. Stands in for the network in the loss functions, which call it and read
+    `head_weight` / `head` as they do on the network."""
+
+    def __init__(self, net, segment_ids: torch.Tensor, position_ids: torch.Tensor, causal: bool):
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]
+        if causal:
+            L = segment_ids.shape[1]
+            same &= torch.ones(L, L, dtype=torch.bool, device=segment_ids.device).tril()
+        self.net, self.mask, self.positions = net, same[:, None], position_ids
+
+    def __call__(self, input_ids, attention_mask=None, **kw):
+        return self.net(input_ids, attention_mask=self.mask, position_ids=self.positions, **kw)
+
+    @property
+    def head_weight(self):
+        return getattr(self.net, "head_weight", None)
+
+    def head(self, hidden):
+        return self.net.head(hidden)
+
+
 class TrainingModule(nn.Module):
     """What DDP and FSDP2 wrap: the network with its objective, so that every use of the weights (the fused
     head + cross-entropy included) happens inside one forward. `shard` = (rank, world): this process holds
-    rows rank::world of each global batch, and the noise is drawn for the global batch (see MaskedDiffusion)."""
+    rows rank::world of each global batch, and the noise is drawn for the global batch (see MaskedDiffusion).
+    Packed SFT batches (data.pack) bring answer_mask, segment_ids and position_ids."""
 
     def __init__(self, net: nn.Module, objective: str, diffusion: MaskedDiffusion, shard=(0, 1), compiled=None):
         super().__init__()
@@ -91,30 +121,45 @@ class TrainingModule(nn.Module):
         self.shard = shard
         object.__setattr__(self, "_call", net if compiled is None else compiled)  # compiled view, not a submodule
 
-    def forward(self, input_ids, prompt_lengths=None, generator=None, ar_normalizer=None, eval_samples: int = 0):
+    def forward(
+        self,
+        input_ids,
+        prompt_lengths=None,
+        generator=None,
+        ar_normalizer=None,
+        eval_samples: int = 0,
+        answer_mask=None,
+        segment_ids=None,
+        position_ids=None,
+    ):
+        net = self.net if eval_samples else self._call
+        if segment_ids is not None:
+            net = Segmented(net, segment_ids, position_ids, causal=self.objective == "ar")
         if eval_samples:
-            return self._eval_nll(input_ids, eval_samples, generator, prompt_lengths)
+            return self._eval_nll(net, input_ids, eval_samples, generator, prompt_lengths, answer_mask)
         if self.objective == "ar":
-            return ar_loss(self._call, input_ids, prompt_lengths=prompt_lengths, normalizer=ar_normalizer)
-        if prompt_lengths is not None:
+            return ar_loss(
+                net, input_ids, prompt_lengths=prompt_lengths, normalizer=ar_normalizer, answer_mask=answer_mask
+            )
+        if prompt_lengths is not None or answer_mask is not None:
             return self.diffusion.sft_loss(
-                self._call, input_ids, prompt_lengths, generator=generator, shard=self.shard
+                net, input_ids, prompt_lengths, generator=generator, shard=self.shard, answer_mask=answer_mask
             ).loss
-        return self.diffusion.loss(self._call, input_ids, generator=generator, shard=self.shard).loss
+        return self.diffusion.loss(net, input_ids, generator=generator, shard=self.shard).loss
 
-    def _eval_nll(self, ids, samples, generator, prompt_lengths=None) -> torch.Tensor:
-        """Summed NLL (nats) of the batch: exact (ar) or the ELBO bound (diffusion); with prompt_lengths
-        (SFT) of the answers given their prompts."""
-        if self.objective == "ar":
-            logits = self.net(ids).float()
-            ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-            if prompt_lengths is not None:
-                ce = ce * answer_targets(ids, prompt_lengths).reshape(-1)
-            return ce.sum()
-        answer = None
-        if prompt_lengths is not None:
+    def _eval_nll(self, net, ids, samples, generator, prompt_lengths=None, answer_mask=None) -> torch.Tensor:
+        """Summed NLL (nats) of the batch: exact (ar) or the ELBO bound (diffusion); for SFT rows, of the
+        answers given their prompts."""
+        answer = answer_mask
+        if answer is None and prompt_lengths is not None:
             answer = torch.arange(ids.shape[1], device=ids.device)[None] >= prompt_lengths[:, None]
-        return self.diffusion.elbo_nll(self.net, ids, samples, generator=generator, maskable=answer).sum()
+        if self.objective == "ar":
+            logits = net(ids).float()
+            ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+            if answer is not None:
+                ce = ce * answer[:, 1:].reshape(-1)
+            return ce.sum()
+        return self.diffusion.elbo_nll(net, ids, samples, generator=generator, maskable=answer).sum()
 
 
 class Trainer:
@@ -307,16 +352,38 @@ class Trainer:
         return contextlib.nullcontext()
 
     # ---- loss / eval ------------------------------------------------------------------------
+    def _batch_args(self, batch: dict) -> dict:
+        """The batch's tensors on the device, as TrainingModule.forward's keyword arguments."""
+        names = ("prompt_lengths", "answer_mask", "segment_ids", "position_ids")
+        return {k: batch[k].to(self.device) for k in names if k in batch}
+
+    def _answer_targets(self, ids, args: dict) -> torch.Tensor | None:
+        if "answer_mask" in args:
+            return args["answer_mask"][:, 1:].float()
+        if "prompt_lengths" in args:
+            return answer_targets(ids, args["prompt_lengths"])
+        return None
+
+    def _scored_tokens(self, ids, args: dict) -> int:
+        """Tokens an eval batch's NLL covers: next-token targets (ar) or positions (diffusion); for SFT rows
+        only the answers (with their EOS padding)."""
+        ar = self.cfg.train.objective == "ar"
+        if "answer_mask" in args:
+            return int(args["answer_mask"][:, 1:].sum() if ar else args["answer_mask"].sum())
+        if "prompt_lengths" in args:  # answer positions p >= prompt length; for ar the targets 1..L-1 are the same
+            return int((torch.arange(ids.shape[1], device=ids.device)[None] >= args["prompt_lengths"][:, None]).sum())
+        return ids[:, 1:].numel() if ar else ids.numel()
+
     def compute_loss(self, batch: dict, generator=None) -> torch.Tensor:
         """This rank's loss on its rows of a global batch; the mean over ranks is the one-process loss."""
         ids = batch["input_ids"].to(self.device)
-        plens = batch.get("prompt_lengths")
-        plens = plens.to(self.device) if plens is not None else None
+        args = self._batch_args(batch)
         normalizer = None
-        if self.cfg.train.objective == "ar" and plens is not None:
-            count = D.all_reduce_sum(answer_targets(ids, plens).sum())
+        targets = self._answer_targets(ids, args) if self.cfg.train.objective == "ar" else None
+        if targets is not None:
+            count = D.all_reduce_sum(targets.sum())
             normalizer = count.clamp(min=1.0) / self.env.world_size
-        return self.wrapped(ids, plens, generator or self.noise_gen, normalizer)
+        return self.wrapped(ids, generator=generator or self.noise_gen, ar_normalizer=normalizer, **args)
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -331,14 +398,10 @@ class Trainer:
         samples = self.cfg.train.eval_samples
         for batch in eval_batches(self.valid_data, self.cfg.train.batch_size, self.cfg.train.eval_batches):
             ids = batch["input_ids"].to(self.device)
-            plens = batch.get("prompt_lengths")
-            plens = plens.to(self.device) if plens is not None else None
+            args = self._batch_args(batch)
             with self.autocast():
-                nll += float(self.module(ids, plens, generator=gen, eval_samples=samples))
-            if plens is not None:  # SFT: the answers' tokens (their EOS padding included), given the prompts
-                tokens += int((torch.arange(ids.shape[1], device=ids.device)[None] >= plens[:, None]).sum())
-            else:
-                tokens += ids[:, 1:].numel() if self.cfg.train.objective == "ar" else ids.numel()
+                nll += float(self.module(ids, generator=gen, eval_samples=samples, **args))
+            tokens += self._scored_tokens(ids, args)
         self.module.train()
         loss = nll / max(tokens, 1)
         return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": tokens}
