@@ -135,10 +135,11 @@ def save_checkpoint(
     msd, osd = _state_dicts(module, optimizer, keep_key)
     quiet = _quiet_single_process()
     try:
-        dcp.save(
-            {"model": msd, "optim": osd["state"]},
-            storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True),
+        state_tensors = {"model": msd, "optim": osd["state"]}
+        writer = HuggingFaceStorageWriter(
+            str(tmp), save_distributed=True, fqn_to_index_mapping=_file_groups(state_tensors, FILE_BYTES)
         )
+        dcp.save(state_tensors, storage_writer=writer)
     finally:
         quiet.__exit__(None, None, None)
     _fault("checkpoint", step)
@@ -164,6 +165,31 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+FILE_BYTES = 1 << 30  # a rank's shard is cut into files of about this size (each is serialised in memory alone)
+
+
+def _file_groups(state: dict, max_bytes: int) -> dict[str, int]:
+    """Flattened state key (as DCP names it: 'model.x', 'optim.x.exp_avg') -> file index 1..k, tensors in
+    order, a new file when the current one passes `max_bytes` (global sizes: every rank computes the same)."""
+    out: dict[str, int] = {}
+    index, used = 1, 0
+
+    def walk(prefix: str, node) -> None:
+        nonlocal index, used
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+            return
+        size = node.numel() * node.element_size() if isinstance(node, torch.Tensor) else 0
+        if used and used + size > max_bytes:
+            index, used = index + 1, 0
+        out[prefix] = index
+        used += size
+
+    walk("", state)
+    return out
 
 
 def _fault(where: str, step: int) -> None:

@@ -76,6 +76,26 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def all_reduce_max(value: float) -> float:
+    if dist.is_initialized():
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t)
+    return value
+
+
+def peak_memory_gb(device: torch.device) -> dict[str, float]:
+    """This process's peak resident memory so far (and the CUDA allocator's peak on a GPU), in GiB."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"peak_rss_gb": rss / (2**30 if sys.platform == "darwin" else 2**20)}
+    if device.type == "cuda":
+        out["peak_cuda_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
 def apply_activation_checkpointing(model: nn.Module, block_type: type) -> None:
     """Recompute each block's activations in backward instead of keeping them (torch's checkpoint wrapper,
     non-reentrant). Parameter names are unchanged (the wrapper's prefix is stripped from state dicts)."""

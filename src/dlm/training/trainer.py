@@ -512,8 +512,9 @@ class Trainer:
                 base = self._base_network(torch.device("cpu"))
                 model = merge_adapters(base, self.cfg.lora, adapters, out_dir.parent / f"{out_dir.name}-adapter")
             else:
-                model = Transformer(self.model_config)
-                missing, unexpected = model.load_state_dict(state, strict=False)
+                with torch.device("meta"):  # the gathered tensors become the weights: no second copy
+                    model = Transformer(self.model_config)
+                missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
                 missing = [k for k in missing if not (k == "lm_head.weight" and self.model_config.tie_embeddings)]
                 if missing or unexpected:
                     raise CheckpointError(f"export: state does not fit the network ({missing[:3]}, {unexpected[:3]})")
@@ -606,6 +607,8 @@ class Trainer:
                 if self.step % tc.log_every == 0 or self.step == stop_at:
                     now = time.perf_counter()
                     rec["tok_s"] = (self.tokens_seen - tok_last) / max(now - t_last, 1e-9)
+                    for k, v in D.peak_memory_gb(self.device).items():  # the largest over ranks
+                        rec[k] = round(D.all_reduce_max(v), 3)
                     t_last, tok_last = now, self.tokens_seen
                 if (tc.eval_every and self.step % tc.eval_every == 0) or self.step == tc.max_steps:
                     rec.update(self.evaluate())
