@@ -59,3 +59,20 @@ def tiny_lm(tok, attention: str = "bidirectional", max_seq_len: int = 128, gen=N
         pad_token_id=tok.pad_token_id,
     )
     return DiffusionLM(Transformer(cfg).eval(), tok, gen or GenerationConfig(gen_length=16, steps=16))
+
+
+def write_addition_chats(path, n: int = 300):
+    """n SFT chats "add i and i+1" -> "2i+1" as JSONL at `path` (returned)."""
+    import json
+
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"add {i} and {i + 1}"},
+                {"role": "assistant", "content": f"{2 * i + 1}"},
+            ]
+        }
+        for i in range(n)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path

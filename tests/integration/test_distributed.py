@@ -23,6 +23,7 @@ from dlm.errors import ConfigError
 from dlm.training import Trainer, load_run_config
 from dlm.training.checkpointing import list_checkpoints
 from dlm.training.distributed import DistEnv
+from tests.conftest import write_addition_chats
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 BUILTIN = Path(__file__).resolve().parents[2] / "src" / "dlm" / "builtin" / "python-diffusion"
@@ -226,16 +227,7 @@ def test_lora_sft_trains_only_adapters_and_the_merged_export_generates_the_same(
 
     from dlm.hub.pipeline import DiffusionLM
 
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"add {i} and {i + 1}"},
-                {"role": "assistant", "content": f"{2 * i + 1}"},
-            ]
-        }
-        for i in range(300)
-    ]
-    (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    write_addition_chats(tmp_path / "chat.jsonl", 300)
     cfg = {
         "out_dir": str(tmp_path / "lora"),
         "data": {"train": [str(tmp_path / "chat.jsonl")], "valid_fraction": 0.1, "seq_len": 32, "task": "sft"},
@@ -293,3 +285,34 @@ def test_compiled_training_follows_eager_training(tmp_path):
     comp.train()
     assert [r["loss"] for r in eager.history] == pytest.approx([r["loss"] for r in comp.history], rel=1e-3)
     assert (tmp_path / "compiled" / "final" / "model.safetensors").is_file()
+
+
+def test_lora_under_fsdp_follows_the_one_process_run(tmp_path):
+    write_addition_chats(tmp_path / "chat.jsonl", 200)
+    cfg = {
+        "out_dir": str(tmp_path / "one"),
+        "data": {"train": [str(tmp_path / "chat.jsonl")], "valid_fraction": 0.1, "seq_len": 32, "task": "sft"},
+        "optim": {"lr": 1e-2, "warmup_steps": 2},
+        "train": {
+            "init_from": str(BUILTIN),
+            "batch_size": 8,
+            "max_steps": 4,
+            "dtype": "fp32",
+            "eval_every": 0,
+            "eval_batches": 1,
+            "save_every": 2,
+            "log_every": 1,
+            "progress": False,
+        },  # fmt: skip
+        "lora": {"r": 4, "alpha": 8},
+    }
+    path = tmp_path / "lora.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    _run(_train_cmd(path, 1))
+    _run(_train_cmd(path, 2, f"out_dir={tmp_path / 'two'}", "train.distributed=fsdp"))
+    _assert_same_curve(_metrics(tmp_path / "one"), _metrics(tmp_path / "two"), rel=1e-5)
+    # Merged weights agree to float noise only: the gradient sums run in another order, and AdamW divides by
+    # sqrt(v), which amplifies that noise where a gradient is ~0 (LoRA's A while B is still ~0).
+    _assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final", atol=1e-3)
+    a, b = (load_file(str(tmp_path / r / "final-adapter" / "adapter_model.safetensors")) for r in ("one", "two"))
+    assert a.keys() == b.keys() and len(a) == 2 * 7 * 6  # A and B on 7 linears in each of the 6 blocks

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -15,27 +14,16 @@ from dlm.tokenizer import DLMTokenizer
 from dlm.training import Trainer, load_run_config
 from dlm.training.data import DataConfig, PackedSFTDataset, build_dataset
 from dlm.training.trainer import Segmented
+from tests.conftest import write_addition_chats
 
 BUILTIN = Path(__file__).resolve().parents[2] / "src" / "dlm" / "builtin" / "python-diffusion"
 
 
-def _chats(path: Path, n: int = 300) -> Path:
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"add {i} and {i + 1}"},
-                {"role": "assistant", "content": f"{2 * i + 1}"},
-            ]
-        }
-        for i in range(n)
-    ]
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-    return path
-
-
 def test_packed_rows_hold_every_example_once_unsplit(tmp_path):
     tok = DLMTokenizer.from_dir(BUILTIN)
-    cfg = DataConfig(train=[str(_chats(tmp_path / "c.jsonl"))], task="sft", seq_len=64, valid_fraction=0.0, pack=True)
+    cfg = DataConfig(
+        train=[str(write_addition_chats(tmp_path / "c.jsonl"))], task="sft", seq_len=64, valid_fraction=0.0, pack=True
+    )
     packed, _ = build_dataset(cfg, tok, tmp_path / "cache")
     plain, _ = build_dataset(DataConfig(**{**cfg.__dict__, "pack": False}), tok, tmp_path / "cache")
     assert isinstance(packed, PackedSFTDataset) and packed.num_examples == len(plain) == 300
@@ -78,7 +66,7 @@ def test_packed_sft_training_lowers_heldout_answer_loss(tmp_path, objective):
         "out_dir": str(tmp_path / "run"),
         "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 64},
         "data": {
-            "train": [str(_chats(tmp_path / "c.jsonl"))],
+            "train": [str(write_addition_chats(tmp_path / "c.jsonl"))],
             "task": "sft",
             "seq_len": 64,
             "valid_fraction": 0.1,

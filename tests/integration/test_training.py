@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import dlm.training.checkpointing as checkpointing
+from tests.conftest import write_addition_chats
 from dlm.errors import ConfigError
 from dlm.training import Trainer, load_run_config
 
@@ -123,18 +124,7 @@ def test_unknown_config_keys_are_named(tmp_path):
 
 
 def test_sft_run_trains_on_chat_jsonl(tmp_path):
-    import json
-
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"add {i} and {i + 1}"},
-                {"role": "assistant", "content": f"{2 * i + 1}"},
-            ]
-        }
-        for i in range(200)
-    ]
-    (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    write_addition_chats(tmp_path / "chat.jsonl", 200)
     tok_path = write_config(tmp_path)  # reuse a tokenizer trained on text
     t0 = Trainer(load_run_config(tok_path, ["train.max_steps=1", "train.save_every=0"]), log=lambda *a: None)
     path = write_config(
