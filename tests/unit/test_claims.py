@@ -72,3 +72,21 @@ def test_missing_task_twins_are_not_measured_and_the_report_is_written(tmp_path)
     full = claims.write_report(_measurements(), tmp_path / "full")
     assert (tmp_path / "full" / "accuracy_vs_nfe.png").is_file() and (tmp_path / "full" / "hallucination.png").is_file()
     assert "hallucination.png" in full.read_text() and not math.isnan(len(text))
+
+
+def test_report_has_the_task_table_and_explains_a_missed_sudoku_target(tmp_path):
+    m = _measurements()
+    m["tasks"]["sudoku"]["diffusion"][0].update(accuracy=0.0, cell_accuracy=0.15)
+    m["training"] = {
+        "sudoku-diffusion": {"steps": 3000, "tokens": 18.4e6, "examples_seen": 96000, "train_examples": 20000,
+                             "loss_curve": [{"until_step": 500 * (i + 1), "loss": 2.0 - 0.1 * i} for i in range(6)]},
+        "sudoku-ar": {"steps": 3000, "tokens": 18.4e6,
+                      "loss_curve": [{"until_step": 500 * (i + 1), "loss": 0.2} for i in range(6)]},
+    }  # fmt: skip
+    text = claims.write_report(m, tmp_path).read_text()
+    assert "| sudoku | diffusion | 32.0 | 0.0% | cell_accuracy 15.0% | 200 |" in text
+    assert "Not met: the diffusion model solves 0% of 200 test puzzles" in text
+    assert "1.500; still falling at the end" in text and "0.200; flattening at the end" in text
+    assert "4.8 epochs of 20,000" in text and "62× our number of epochs" in text
+    m["tasks"]["sudoku"]["diffusion"][0]["accuracy"] = 0.97
+    assert "Met: the diffusion model solves 97%" in claims.write_report(m, tmp_path).read_text()

@@ -147,6 +147,42 @@ def _tasks(root: Path, n: int, log) -> dict:
     return out
 
 
+def _training_curves(root: Path, windows: int = 6) -> dict:
+    """Per task twin: steps, tokens seen and the mean training loss in `windows` equal spans of the run
+    (from its metrics.jsonl), to show whether a model had stopped learning."""
+    out = {}
+    for name in TASKS:
+        for obj in ("diffusion", "ar"):
+            path = root / f"{name}-{obj}" / "metrics.jsonl"
+            if not path.is_file():
+                continue
+            recs = []
+            for line in path.read_text().splitlines():
+                try:
+                    recs.append(json.loads(line))
+                except ValueError:
+                    continue
+            if not recs:
+                continue
+            last = recs[-1]["step"]
+            span = max(1, last // windows)
+            curve = []
+            for w in range(windows):
+                losses = [r["loss"] for r in recs if w * span < r["step"] <= (w + 1) * span]
+                if losses:
+                    curve.append({"until_step": (w + 1) * span, "loss": sum(losses) / len(losses)})
+            run = {"steps": last, "tokens": recs[-1].get("tokens"), "loss_curve": curve}
+            try:
+                rc = json.loads((root / f"{name}-{obj}" / "run_config.json").read_text())
+                meta = json.loads((root / f"{name}-{obj}" / "data" / "meta.json").read_text())
+                run["examples_seen"] = last * rc["train"]["batch_size"] * rc["train"]["grad_accum"]
+                run["train_examples"] = meta["train"]["docs"]
+            except (OSError, ValueError, KeyError):
+                pass
+            out[f"{name}-{obj}"] = run
+    return out
+
+
 def _strip(r: dict) -> dict:
     return {k: v for k, v in r.items() if k != "examples"}
 
@@ -180,6 +216,7 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
     m["infill"] = _infill(diff, ar, code.infill_tasks(code.fit_to_model(diff, functions), n, 0, "line"))
     log("tasks")
     m["tasks"] = _tasks(Path(tasks_root), 10 if quick else 200, log)
+    m["training"] = _training_curves(Path(tasks_root))
     m["conditions"] = {
         "builtin": "9.88M parameters, 32.8M tokens of Python stdlib + docs, 2-core CPU (docs/models.md)",
         "task_twins": "6 layers × 256, SFT from scratch per task, same budget per twin (examples/configs/tasks/)",
@@ -347,6 +384,82 @@ def _plots(m: dict, out: Path) -> list[str]:
     return files
 
 
+def _task_table(m: dict) -> list[str]:
+    """The head-to-head, task by task: every diffusion setting (accuracy against NFE and time) and the twin."""
+    lines = ["## The task head-to-head", "",
+             "Test split; diffusion at each number of denoising steps (NFE per answer), the AR twin with its KV "
+             "cache (NFE = tokens). Same network (6 × 256), data, token budget and trainer per pair "
+             "(`examples/configs/tasks/`, `bash scripts/tasks_headtohead.sh`).", "",
+             "| task | model | NFE | accuracy | other rates | n | seconds |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name in TASKS:
+        t = m["tasks"].get(name, {})
+        if "diffusion" not in t:
+            lines.append(f"| {name} | — | — | not trained | | | |")
+            continue
+        for obj in ("diffusion", "ar"):
+            for r in t[obj]:
+                extra = ", ".join(f"{k} {r[k]:.1%}" for k in ("cell_accuracy", "hallucinated", "abstained") if k in r)
+                secs = f"{r['seconds']:.0f}" if "seconds" in r else "—"
+                nfe = f"{r['nfe_mean']:.1f}" if "nfe_mean" in r else "—"
+                lines.append(f"| {name} | {obj} | {nfe} | {r['accuracy']:.1%} | {extra} | {r['n']} | {secs} |")
+    return lines + [""]
+
+
+ANCHOR_RECIPE = (
+    "the anchor paper's public training script (HKUNLP/diffusion-vs-ar, `scripts/sudoku/train-mdm.sh`) trains "
+    "300 epochs at a global batch of 1,024 puzzles (lr 1e-3, cosine), with its token-reweighting loss"
+)
+
+
+def _sudoku_section(m: dict) -> list[str]:
+    """Why the Sudoku target (>= 95 % solved) is or is not met, from the measurements."""
+    t = m["tasks"].get("sudoku", {})
+    if "diffusion" not in t:
+        return []
+    d, a = max(t["diffusion"], key=lambda r: r["accuracy"]), t["ar"][0]
+    lines = ["## Sudoku: the ≥ 95 % target", ""]
+    if d["accuracy"] >= 0.95:
+        return lines + [f"Met: the diffusion model solves {d['accuracy']:.0%} of the test puzzles.", ""]
+    lines.append(
+        f"Not met: the diffusion model solves {d['accuracy']:.0%} of {d['n']} test puzzles "
+        f"(blank-cell accuracy {d.get('cell_accuracy', 0):.1%}; a uniform guess gets 11.1 %), the AR twin "
+        f"{a['accuracy']:.0%} (blank cells {a.get('cell_accuracy', 0):.1%}). What the runs show:"
+    )
+    lines.append("")
+    tr = m.get("training", {})
+    for obj in ("diffusion", "ar"):
+        run = tr.get(f"sudoku-{obj}")
+        if run and len(run["loss_curve"]) >= 2:
+            c = run["loss_curve"]
+            falling = c[-1]["loss"] < 0.97 * c[-2]["loss"]
+            curve = ", ".join(f"{x['loss']:.3f}" for x in c)
+            lines.append(
+                f"- **Training loss ({obj}).** Mean SFT loss over six equal spans of its {run['steps']:,} steps "
+                f"({(run['tokens'] or 0) / 1e6:.1f}M tokens): {curve}; "
+                + ("still falling at the end: the run stopped before the model converged."
+                   if falling else "flattening at the end.")  # fmt: skip
+            )
+    run = tr.get("sudoku-diffusion", {})
+    if "examples_seen" in run:
+        seen, n = run["examples_seen"], run["train_examples"]
+        lines.append(
+            f"- **The budget is far below the literature's.** Each twin saw {seen:,} puzzle examples "
+            f"({seen / n:.1f} epochs of {n:,} training puzzles) in about an hour of this 2-core CPU; "
+            f"{ANCHOR_RECIPE}: {300 / (seen / n):.0f}× our number of epochs, so at least that many times our "
+            "examples even on a training set as small as ours."
+        )
+    lines.append(
+        "- **Decoding is not the bottleneck.** The sampler already decodes in confidence order (`low_confidence`, "
+        "one block over the whole grid, one cell per step: 96 NFE); fewer steps cannot help a model that is "
+        "wrong on most blanks (the NFE sweep is skipped at 0 % accuracy)."
+    )
+    lines += ["", "Reproduce or extend: raise `train.max_steps` in `examples/configs/tasks/sudoku-*.yaml` "
+              "(resume continues a run) and rerun `bash scripts/tasks_headtohead.sh sudoku` and "
+              "`dlm eval claims`.", ""]  # fmt: skip
+    return lines
+
+
 def write_report(m: dict, out_dir: str | Path = "reports") -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -377,6 +490,7 @@ def write_report(m: dict, out_dir: str | Path = "reports") -> Path:
         "a verdict here is about this scale, not about 8B models on GPUs.",
         "",
     ]
+    lines += _task_table(m) + _sudoku_section(m)
     lines += [f"![{f}]({f})" for f in files]
     path = out / "claims.md"
     path.write_text("\n".join(lines) + "\n")
