@@ -437,8 +437,11 @@ def _sudoku_section(m: dict) -> list[str]:
             lines.append(
                 f"- **Training loss ({obj}).** Mean SFT loss over six equal spans of its {run['steps']:,} steps "
                 f"({(run['tokens'] or 0) / 1e6:.1f}M tokens): {curve}; "
-                + ("still falling at the end: the run stopped before the model converged."
-                   if falling else "flattening at the end.")  # fmt: skip
+                + (
+                    "still falling at the end: the run stopped before the model converged."
+                    if falling
+                    else "flattening at the end."
+                )  # fmt: skip
             )
     run = tr.get("sudoku-diffusion", {})
     if "examples_seen" in run:
