@@ -25,5 +25,7 @@ def test_quick_claims_report(tmp_path):
     m = json.loads((tmp_path / "measurements.json").read_text())
     assert m["quick"] and {r["method"] for r in m["bench"]["rows"]} >= {"reference", "+both", "ar"}
     text = (tmp_path / "claims.md").read_text()
-    assert "Quick mode" in text and text.count("\n| ") == 10  # header + 9 claims
+    claims_table, tasks_table = text.split("## The task head-to-head")
+    assert "Quick mode" in claims_table and claims_table.count("\n| ") == 10  # header + 9 claims
+    assert tasks_table.count("not trained") == 4  # no twins under --tasks-root
     assert (tmp_path / "speed_vs_quality.png").is_file()
