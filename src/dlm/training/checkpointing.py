@@ -9,6 +9,7 @@ name; the newest complete folder is the one resumed. No pickle anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -91,12 +92,12 @@ def _state_dicts(module, optimizer, keep_key) -> tuple[dict, dict]:
     return msd, osd
 
 
+@contextlib.contextmanager
 def _quiet_single_process():
     """DCP warns that it assumes one process when no process group is up: that is the intent here."""
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-    return ctx
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _fsync_dir(path: Path) -> None:
@@ -133,15 +134,12 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier()
     msd, osd = _state_dicts(module, optimizer, keep_key)
-    quiet = _quiet_single_process()
-    try:
-        state_tensors = {"model": msd, "optim": osd["state"]}
-        writer = HuggingFaceStorageWriter(
-            str(tmp), save_distributed=True, fqn_to_index_mapping=_file_groups(state_tensors, FILE_BYTES)
-        )
+    state_tensors = {"model": msd, "optim": osd["state"]}
+    writer = HuggingFaceStorageWriter(
+        str(tmp), save_distributed=True, fqn_to_index_mapping=_file_groups(state_tensors, FILE_BYTES)
+    )
+    with _quiet_single_process():
         dcp.save(state_tensors, storage_writer=writer)
-    finally:
-        quiet.__exit__(None, None, None)
     _fault("checkpoint", step)
     if env.is_main:
         rng_tensors, rng_meta = rng_state(noise_gen)
@@ -232,16 +230,14 @@ def load_checkpoint(path: Path, module, optimizer, scheduler, noise_gen, *, keep
     else:
         msd, osd = _state_dicts(module, optimizer, keep_key)
         target = {"model": msd, "optim": osd["state"]}
-        quiet = _quiet_single_process()
         try:
-            dcp.load(target, storage_reader=HuggingFaceStorageReader(str(path)))
+            with _quiet_single_process():
+                dcp.load(target, storage_reader=HuggingFaceStorageReader(str(path)))
         except Exception as e:  # DCP raises CheckpointException / RuntimeError for missing or misshapen tensors
             raise CheckpointError(
                 f"{path}: the checkpoint does not fit the configured model ({str(e).splitlines()[0][:300]}); "
                 "resume with the settings the run was started with"
             ) from None
-        finally:
-            quiet.__exit__(None, None, None)
         saved_groups = state["optimizer"]["param_groups"]
         if len(saved_groups) != len(osd["param_groups"]):
             raise CheckpointError(
