@@ -242,6 +242,9 @@ def train(
     nproc: int = typer.Option(
         1, "--nproc", help="Processes on this machine: >1 launches torchrun (data parallel; train.distributed)."
     ),
+    export: Optional[Path] = typer.Option(
+        None, "--export", help="No training: write the newest checkpoint as a plain dlm folder at this path."
+    ),
 ):
     """Train a model from a YAML config (one process, or N through torchrun with --nproc N)."""
     if nproc < 1:
@@ -252,15 +255,19 @@ def train(
 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
         cmd += ["-m", "dlm.train", str(config)] + [a for s in set_ for a in ("--set", s)]
-        cmd += ["--resume"] if resume else []
+        cmd += (["--resume"] if resume else []) + (["--export", str(export)] if export else [])
         raise typer.Exit(subprocess.call(cmd))
     from .training import Trainer, load_run_config
 
     try:
         cfg = load_run_config(config, set_)
         trainer = Trainer(cfg)
-        if resume and not trainer.resume():
+        resumed = trainer.resume() if (resume or export) else False
+        if resume and not resumed:
             typer.echo(f"no checkpoint in {cfg.out_dir}/checkpoints; starting from scratch", err=True)
+        if export:
+            typer.echo(f"exported step {trainer.step} to {trainer.export(export)}")
+            return
         trainer.train()
     except DLMError as e:
         _fail(e)

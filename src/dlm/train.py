@@ -1,4 +1,4 @@
-"""`python -m dlm.train CONFIG [--set k=v ...] [--resume]`: the training entry point torchrun launches.
+"""`python -m dlm.train CONFIG [--set k=v ...] [--resume] [--export DIR]`: the entry point torchrun launches.
 
     torchrun --nproc-per-node 2 -m dlm.train examples/configs/tiny.yaml --resume
 
@@ -21,13 +21,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="YAML run config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
+    parser.add_argument(
+        "--export", metavar="DIR", default=None,
+        help="no training: write the newest checkpoint (or the fresh model) as a plain dlm folder at DIR",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     env = D.DistEnv.from_env()
     try:
         cfg = load_run_config(args.config, args.overrides)
         trainer = Trainer(cfg, env=env)
-        if args.resume and not trainer.resume() and env.is_main:
+        resumed = trainer.resume() if (args.resume or args.export) else False
+        if args.resume and not resumed and env.is_main:
             print(f"no checkpoint in {cfg.out_dir}/checkpoints; starting from scratch", file=sys.stderr)
+        if args.export:
+            out = trainer.export(args.export)
+            if env.is_main:
+                print(f"exported step {trainer.step} to {out}")
+            D.shutdown()
+            return 0
         trainer.train()
     except DLMError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -316,3 +316,51 @@ def test_lora_under_fsdp_follows_the_one_process_run(tmp_path):
     _assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final", atol=1e-3)
     a, b = (load_file(str(tmp_path / r / "final-adapter" / "adapter_model.safetensors")) for r in ("one", "two"))
     assert a.keys() == b.keys() and len(a) == 2 * 7 * 6  # A and B on 7 linears in each of the 6 blocks
+
+
+def test_lora_on_a_llada_folder_and_export_on_demand(tmp_path):
+    """LoRA SFT from a (tiny, synthetic) LLaDA folder with its own tokenizer and chat template; the run is
+    killed after its step-3 checkpoint, and `dlm train --export` writes that checkpoint as a plain folder."""
+    from dlm.hub.pipeline import DiffusionLM
+    from tests.foreign import WORDS, write_llada, write_llada_tokenizer
+
+    src = tmp_path / "LLaDA-tiny"
+    base = write_llada(src)
+    write_llada_tokenizer(src)
+    w = list(WORDS)
+    rows = [
+        {"messages": [{"role": "user", "content": f"{a} {b}"}, {"role": "assistant", "content": f"{b} {a}"}]}
+        for a in w[:16]
+        for b in w[16:32]
+    ]
+    (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = {
+        "out_dir": str(tmp_path / "run"),
+        "data": {"train": [str(tmp_path / "chat.jsonl")], "valid_fraction": 0.1, "seq_len": 48, "task": "sft"},
+        "optim": {"lr": 1e-2, "warmup_steps": 1},
+        "train": {
+            "init_from": str(src),
+            "batch_size": 8,
+            "max_steps": 6,
+            "dtype": "fp32",
+            "eval_every": 0,
+            "eval_batches": 1,
+            "save_every": 3,
+            "progress": False,
+        },  # fmt: skip
+        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+    }
+    path = tmp_path / "lora.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    p = _run(_train_cmd(path, 1), check=False, DLM_FAULT="checkpoint:6")
+    assert p.returncode != 0 and not (tmp_path / "run" / "final").exists()
+    out = tmp_path / "exported"
+    p = _run([str(Path(sys.executable).parent / "dlm"), "train", str(path), "--export", str(out)])
+    assert "exported step 3" in p.stdout
+    merged = load_file(str(next(out.glob("*.safetensors"))))
+    q = "layers.0.attn.q_proj.weight"
+    assert not torch.allclose(merged[q], base["model.transformer.blocks.0.q_proj.weight"].float())  # adapters merged
+    assert (tmp_path / "exported-adapter" / "adapter_model.safetensors").is_file()
+    lm = DiffusionLM.from_pretrained(out)
+    assert lm.model.config.mask_token_id == 90 and lm.tokenizer.eos_token_id == 91
+    assert lm.chat("the a", gen_length=8, steps=8, block_length=8).tokens  # the exported folder generates
