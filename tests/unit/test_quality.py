@@ -45,8 +45,20 @@ def test_generative_ppl_is_exact_under_a_causal_scorer():
         quality.generative_ppl(dlm.load("builtin"), prompts, comps)
 
 
-def test_energy_meter_counts_cpu_time_and_names_its_source():
+def test_energy_meter_counts_cpu_time_and_names_its_source(monkeypatch):
+    """The meter's arithmetic on scripted clocks (no timing): CPU and wall deltas, then joules from RAPL
+    microjoules when the counter reads, else the stated watts per busy core."""
+    clocks = {"cpu": iter([1.0, 3.5]), "wall": iter([10.0, 12.0])}
+    monkeypatch.setattr(quality.time, "process_time", lambda: next(clocks["cpu"]))
+    monkeypatch.setattr(quality.time, "perf_counter", lambda: next(clocks["wall"]))
+    monkeypatch.setattr(quality, "_rapl", lambda: None)
     with quality.EnergyMeter(watts_per_core=10.0) as m:
-        sum(i * i for i in range(300_000))
-    assert m.cpu_seconds > 0 and m.wall_seconds > 0 and m.joules > 0
-    assert "rapl" in m.joules_source or m.joules == pytest.approx(10.0 * m.cpu_seconds)
+        pass
+    assert (m.cpu_seconds, m.wall_seconds) == (2.5, 2.0)
+    assert m.joules == pytest.approx(25.0) and "assumed" in m.joules_source
+    clocks = {"cpu": iter([0.0, 1.0]), "wall": iter([0.0, 1.0])}
+    rapl = iter([5_000_000, 12_000_000])  # microjoules
+    monkeypatch.setattr(quality, "_rapl", lambda: next(rapl))
+    with quality.EnergyMeter(watts_per_core=10.0) as m:
+        pass
+    assert m.joules == pytest.approx(7.0) and "rapl" in m.joules_source
