@@ -257,12 +257,15 @@ def train(
         cmd += ["-m", "dlm.train", str(config)] + [a for s in set_ for a in ("--set", s)]
         cmd += (["--resume"] if resume else []) + (["--export", str(export)] if export else [])
         raise typer.Exit(subprocess.call(cmd))
+    from .train import no_checkpoint_to_export
     from .training import Trainer, load_run_config
 
     try:
         cfg = load_run_config(config, set_)
         trainer = Trainer(cfg)
         resumed = trainer.resume() if (resume or export) else False
+        if export and not resumed:
+            raise InputError("--export", no_checkpoint_to_export(cfg.out_dir))
         if resume and not resumed:
             typer.echo(f"no checkpoint in {cfg.out_dir}/checkpoints; starting from scratch", err=True)
         if export:

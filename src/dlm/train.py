@@ -12,8 +12,13 @@ import argparse
 import sys
 
 
+def no_checkpoint_to_export(out_dir) -> str:
+    """The message of `--export` on a run with no checkpoint (exporting would write untrained weights)."""
+    return f"no checkpoint found under the run's out_dir ({out_dir}/checkpoints); nothing to export: train first"
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .errors import DLMError
+    from .errors import DLMError, InputError
     from .training import Trainer, load_run_config
     from .training import distributed as D
 
@@ -23,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
     parser.add_argument(
         "--export", metavar="DIR", default=None,
-        help="no training: write the newest checkpoint (or the fresh model) as a plain dlm folder at DIR",
+        help="no training: write the newest checkpoint in out_dir as a plain dlm folder at DIR",
     )  # fmt: skip
     args = parser.parse_args(argv)
     env = D.DistEnv.from_env()
@@ -31,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_run_config(args.config, args.overrides)
         trainer = Trainer(cfg, env=env)
         resumed = trainer.resume() if (args.resume or args.export) else False
+        if args.export and not resumed:
+            raise InputError("--export", no_checkpoint_to_export(cfg.out_dir))
         if args.resume and not resumed and env.is_main:
             print(f"no checkpoint in {cfg.out_dir}/checkpoints; starting from scratch", file=sys.stderr)
         if args.export:

@@ -50,3 +50,22 @@ def test_errors_name_the_problem(tmp_path):
     r = run("convert", tmp_path / "d2", tmp_path / "out", "--to", "llada")
     assert r.exit_code == 2 and "cannot write the LLaDA layout: shift_logits=True" in r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_export_without_a_checkpoint_is_an_error(tmp_path):
+    """`--export` with nothing under out_dir/checkpoints refuses (it used to write the untrained weights)."""
+    from typer.testing import CliRunner
+
+    from dlm import train as train_entry
+    from dlm.cli import app
+
+    from .test_training import write_config
+
+    path = write_config(tmp_path, train={"max_steps": 1})
+    out = tmp_path / "exported"
+    r = CliRunner().invoke(app, ["train", str(path), "--export", str(out)])
+    assert r.exit_code == 2, r.output
+    assert "--export" in r.output and "no checkpoint" in r.output and str(tmp_path / "run") in r.output
+    assert not out.exists()
+    assert train_entry.main([str(path), "--export", str(out)]) == 2
+    assert not out.exists()
