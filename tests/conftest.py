@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -76,3 +77,8 @@ def write_addition_chats(path, n: int = 300):
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
+
+
+# Real Python text the repo ships (copied once from CPython 3.11.7; see its README.md): tests that learn from
+# data read this, not the running interpreter's stdlib, which differs between Python builds.
+PYTHON_CORPUS = Path(__file__).parent / "fixtures" / "python_corpus"
