@@ -1,0 +1,7 @@
+"""`python -m dlm.cli ...`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,69 @@
+"""`dlm info` and `dlm convert`: reading and rewriting checkpoint folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..builtin import DEFAULT_MODEL
+from .common import MODEL_HELP, app, dtype_option, echo_json, gguf_option, json_option
+
+
+@app.command()
+def info(
+    path: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP),
+    as_json: bool = json_option(),
+    gguf_file: Optional[str] = gguf_option(),
+):
+    """Show a checkpoint's family, config, parameter count, tokenizer and special ids (reads no weights)."""
+    from ..configs import to_dict
+    from ..hub import count_parameters, load_tokenizer, open_checkpoint
+    from ..hub.hf_tokenizer import has_tokenizer
+
+    ck = open_checkpoint(path, gguf_file)
+    cfg, raw = ck.config, ck.raw
+    n_params = count_parameters(ck)
+    tok_info = {}
+    if has_tokenizer(ck.folder, ck.gguf_file):
+        tok = load_tokenizer(ck.folder, cfg, ck.gguf_file)
+        tok_info = {"vocab_size": tok.vocab_size, "special_ids": tok.special_ids}
+    dtype = raw.get("torch_dtype") or raw.get("dtype")
+    out = {
+        "path": str(path),
+        "family": ck.family.name,
+        "parameters": n_params,
+        "dtype": dtype,
+        "config": to_dict(cfg),
+        "diffusion": raw.get("diffusion") if ck.is_dlm else None,
+        "tokenizer": tok_info,
+    }
+    if as_json:
+        echo_json(out)
+        return
+    typer.echo(
+        f"{path}: {ck.family.name} checkpoint, {n_params / 1e6:.2f}M parameters ({dtype}), attention {cfg.attention}"
+    )
+    for k, v in to_dict(cfg).items():
+        typer.echo(f"  {k}: {v}")
+    if out["diffusion"]:
+        typer.echo(f"  diffusion: {raw['diffusion']}")
+    if tok_info:
+        typer.echo(f"  tokenizer: {tok_info['vocab_size']} tokens; special ids {tok_info['special_ids']}")
+
+
+@app.command()
+def convert(
+    src: str = typer.Argument(..., help="Any supported checkpoint folder or .gguf file."),
+    dst: Path = typer.Argument(..., help="Output folder (written atomically)."),
+    to: str = typer.Option("dlm", "--to", help="Output layout: dlm | llada."),
+    dtype: Optional[str] = dtype_option(),
+    max_shard_size: str = typer.Option("2GB", "--max-shard-size", help="Shard the weights above this size."),
+    gguf_file: Optional[str] = gguf_option(),
+):
+    """Write SRC as a dlm folder, or (--to llada) in LLaDA's layout for the LLaDA ecosystem."""
+    from ..hub import convert as convert_checkpoint
+
+    out = convert_checkpoint(src, dst, to=to, dtype=dtype, max_shard_size=max_shard_size, gguf_file=gguf_file)
+    typer.echo(f"wrote {to} folder {out}")

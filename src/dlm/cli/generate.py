@@ -1,0 +1,149 @@
+"""`dlm generate` and `dlm infill`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import List, Optional
+
+import typer
+
+from ..errors import InputError
+from ..sampling import Streamer
+from .common import (
+    app, check_at_least_one, device_option, dtype_option, echo_json, gguf_option, json_option, load_model,
+    model_option,
+)  # fmt: skip
+from .sampling import INFILL_FIXED, given, sampling_options
+
+MASK_GLYPH = "░"
+
+
+@app.command()
+@sampling_options()
+def generate(
+    prompts: Optional[List[str]] = typer.Argument(None, help="One or more prompts; several prompts run as one batch."),
+    model: str = model_option(),
+    chat: Optional[str] = typer.Option(None, "--chat", help="A user message, sent through the model's chat template."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
+    sampling: dict = ...,
+    show_steps: bool = typer.Option(False, "--show-steps", help="Animate the denoising in the terminal."),
+    as_json: bool = json_option("One JSON object per line per prompt."),
+    dtype: Optional[str] = dtype_option(),
+    device: str = device_option(),
+    gguf_file: Optional[str] = gguf_option(),
+):
+    """Generate completions of PROMPTs, or answer --chat through the chat template."""
+    if bool(prompts) == (chat is not None):
+        raise InputError("PROMPTS", "pass either prompts or --chat MESSAGE (not both)")
+    if system is not None and chat is None:
+        raise InputError("--system", "only applies with --chat")
+    lm = load_model(model, dtype, device, gguf_file)
+    cfg = lm.make_config(None, **sampling)
+    if chat is not None:
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+            {"role": "user", "content": chat}
+        ]
+        prompt_ids = [lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True)]
+    else:
+        prompt_ids = [lm.tokenizer.encode_prompt(p) for p in prompts]
+    streamer = _TerminalStreamer(lm, prompt_ids, cfg) if show_steps else None
+    t0 = time.perf_counter()
+    with streamer if streamer is not None else contextlib.nullcontext():
+        if chat is not None:
+            outs = [lm.chat(messages, cfg, streamer=streamer)]
+            outs[0].prompt = chat
+        else:
+            outs = lm.generate(prompts, cfg, streamer=streamer)
+    seconds = time.perf_counter() - t0
+    for o in outs:
+        if as_json:
+            echo_json(
+                {
+                    "prompt": o.prompt,
+                    "text": o.text,
+                    "tokens": len(o.tokens),
+                    "nfe": o.nfe,
+                    "steps": o.steps,
+                    "seconds": round(seconds, 4),
+                    "filled": o.filled,
+                }
+            )
+        elif chat is not None:
+            typer.echo(o.text)
+        else:
+            typer.echo(o.filled if "<|mask|>" in o.prompt else o.prompt + o.text)
+            if len(outs) > 1:
+                typer.echo("-" * 40)
+
+
+class _TerminalStreamer(Streamer):
+    """Shows each row's canvas, masks as ░, updating in place (rich Live)."""
+
+    def __init__(self, lm, prompt_ids, cfg):
+        self.lm, self.cfg = lm, cfg
+        self.tok = lm.tokenizer
+        self.rows = [{"prompt": len(ids), "canvas": list(ids) + [None] * cfg.gen_length} for ids in prompt_ids]
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.live import Live
+
+        self.live = Live(self._render(), console=Console(stderr=True), refresh_per_second=20, transient=True)
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.live.__exit__(*exc)
+
+    def _render(self):
+        from rich.console import Group
+        from rich.text import Text
+
+        parts = []
+        for r in self.rows:
+            text = Text()
+            text.append(self.tok.decode([t for t in r["canvas"][: r["prompt"]]]), style="bold")
+            for t in r["canvas"][r["prompt"] :]:
+                if t is None:
+                    text.append(MASK_GLYPH, style="dim")
+                else:
+                    text.append(self.tok.decode([t]), style="green")
+            parts.append(text)
+        return Group(*parts)
+
+    def on_step(self, ev):
+        for j, r in enumerate(ev.rows):
+            for p, t in zip(ev.positions[j], ev.tokens[j]):
+                if 0 <= p < len(self.rows[r]["canvas"]):
+                    self.rows[r]["canvas"][p] = t
+        self.live.update(self._render())
+        time.sleep(float(os.environ.get("DLM_SHOW_STEPS_DELAY", "0.03")))
+
+    def on_end(self):
+        pass
+
+
+@app.command()
+@sampling_options(exclude=INFILL_FIXED)
+def infill(
+    prefix: str = typer.Option(..., "--prefix"),
+    suffix: str = typer.Option(..., "--suffix"),
+    length: int = typer.Option(..., "--length", help="Number of tokens to fill between prefix and suffix."),
+    model: str = model_option(),
+    sampling: dict = ...,
+    as_json: bool = json_option(),
+    dtype: Optional[str] = dtype_option(),
+    device: str = device_option(),
+    gguf_file: Optional[str] = gguf_option(),
+):
+    """Fill LENGTH tokens between a prefix and a suffix."""
+    check_at_least_one("--length", length)
+    lm = load_model(model, dtype, device, gguf_file)
+    # steps=None stays explicit: the fill then takes min(the model's steps, LENGTH) steps
+    o = lm.infill(prefix, suffix, length, **{"steps": None, **given(sampling)})
+    if as_json:
+        echo_json({"prefix": prefix, "suffix": suffix, "text": o.text, "nfe": o.nfe, "seconds": round(o.seconds, 4)})
+    else:
+        typer.echo(prefix + o.text + suffix)
