@@ -1,0 +1,31 @@
+"""`dlm eval claims`: measure the claims of ../shared/CLAIMS.md on dlm's diffusion models against their AR
+twins, and write `reports/claims.md` with PNG plots and a verdict per claim.
+
+Two steps: `measure()` (measuring.py) runs every measurement that its inputs allow and writes
+`measurements.json`; `write_report()` (report.py) turns that file into the report (so a report can be rebuilt
+without re-measuring), with the verdicts of rules.py and the plots of plots.py. What is measured:
+
+| claim | measurement | needs |
+|---|---|---|
+| 1 speed | `dlm bench` (reference, +cache, +parallel, +both, AR twin) | built-in models |
+| 2 hallucination | facts task: hallucination rate of the diffusion model and its twin | runs/tasks/facts-* |
+| 3 diversity | distinct-n, self-BLEU at several temperatures, read at matched generative perplexity | SmolLM2 |
+| 4 energy | CPU-seconds and joules per generated token (same samples as 3) | |
+| 5 control | infilling with the suffix as a hard constraint: fills that parse in context | built-in models |
+| 6 reasoning | Sudoku, Countdown, arithmetic accuracy (and against NFE for diffusion) | runs/tasks/* |
+| 7 code | infilling exact match | built-in models |
+| 8 edge | not measured: dlm has no quantised/ONNX export | |
+| 9 multimodal | not measured: text only | |
+
+Verdicts follow fixed rules (`verdicts()`), stated in the report: a difference counts only when a
+two-proportion z-test (stats.py) gives p < 0.05 (rates) or the ratio clears the claim's own figure.
+"""
+
+from .measuring import TASK_N, TASKS, measure
+from .report import ANCHOR_RECIPE, write_report
+from .rules import CLAIMS, verdicts
+from .stats import rates_p, two_proportion_p
+
+__all__ = [
+    "ANCHOR_RECIPE", "CLAIMS", "TASKS", "TASK_N", "measure", "rates_p", "two_proportion_p", "verdicts", "write_report",
+]  # fmt: skip
