@@ -4,7 +4,10 @@ Requests wait in a bounded queue. Between two denoising steps the worker admits 
 running batch (a `Denoiser` per generation-settings key; rows of one key share every step), steps every
 running batch once, hands each streaming request its new frame, and returns finished rows. A cancelled
 request (client gone) or one past its deadline leaves its batch before the next step. Causal models (the AR
-twin) run each admitted batch to the end with their KV cache (no step-level joins).
+twin) run each admitted batch to the end with their KV cache (no step-level joins); they check cancellation and
+deadlines after every token the same way, and stop the batch once none of its rows is still wanted.
+
+Rows share a batch only when their whole GenerationConfig is equal (the seed aside: every row has its own).
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ class QueueFull(Exception):
     pass
 
 
+class _Abandoned(Exception):
+    """Raised from the causal streamer when every row of its batch is cancelled or past its deadline."""
+
+
+def _random_seed() -> int:
+    return int(torch.randint(0, 2**62, (1,)))
+
+
 @dataclass
 class Job:
     ids: list[int]
@@ -44,9 +55,16 @@ class Job:
     suffix: list[int] = field(default_factory=list)
 
     def key(self) -> tuple:
-        c = self.cfg
-        return (c.gen_length, c.steps, c.block_length, c.policy, c.threshold, c.temperature, c.top_k, c.top_p,
-                c.cfg_scale, c.cache, c.factor, c.entropy_bound)  # fmt: skip
+        """Rows share a batch (one Denoiser, one config) only if every generation setting is equal. The seed is
+        left out: each row is seeded on its own (`row_seed`)."""
+        return tuple(getattr(self.cfg, f.name) for f in dataclasses.fields(self.cfg) if f.name != "seed")
+
+    def row_seed(self) -> int | None:
+        """The request's seed, else the config's; None = draw one at random."""
+        return self.seed if self.seed is not None else self.cfg.seed
+
+    def expired(self, now: float) -> bool:
+        return now - self.created > self.timeout
 
     def push(self, kind: str, payload) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
@@ -58,6 +76,7 @@ class Engine:
         self.metrics = metrics
         self.waiting: deque[Job] = deque()
         self.running: dict[tuple, tuple[Denoiser, dict[int, Job]]] = {}
+        self.causal_live = 0  # rows of the causal batch now running (still wanted)
         self.cv = threading.Condition()
         self.stop = False
         self.thread = threading.Thread(target=self._run, name="dlm-engine", daemon=True)
@@ -86,7 +105,7 @@ class Engine:
 
     @property
     def live(self) -> int:
-        return sum(len(jobs) for _, jobs in self.running.values())
+        return sum(len(jobs) for _, jobs in self.running.values()) + self.causal_live
 
     def _gauges(self) -> None:
         if self.metrics:
@@ -116,6 +135,7 @@ class Engine:
                 for j in admit + [j for _, jobs in self.running.values() for j in jobs.values()]:
                     j.push("error", f"{type(e).__name__}: {e}")
                 self.running.clear()
+                self.causal_live = 0
             self._gauges()
 
     def _admit(self, jobs: list[Job]) -> None:
@@ -124,25 +144,29 @@ class Engine:
                 continue
             key = j.key()
             if key not in self.running:
-                self.running[key] = (Denoiser(self.lm.model, j.cfg), {})
+                self.running[key] = (Denoiser(self.lm.model, j.cfg, process=self.lm.process), {})
             d, members = self.running[key]
-            (h,) = d.add([j.ids], [j.suffix], seeds=[j.seed] if j.seed is not None else None)
+            seed = j.row_seed()  # explicit: the Denoiser's own config (the first row's) must not decide it
+            (h,) = d.add([j.ids], [j.suffix], seeds=[seed if seed is not None else _random_seed()])
             j.handle = h
             members[h] = j
+
+    def _drop(self, j: Job) -> None:
+        """A row leaves before its end: its client went away (nobody to answer) or it ran past its deadline."""
+        if not j.cancelled.is_set():
+            j.push("error", f"timeout: the request ran longer than {j.timeout:g} s")
+        if self.metrics:
+            self.metrics.requests.labels("cancelled" if j.cancelled.is_set() else "timeout").inc()
 
     def _step_all(self) -> None:
         now = time.perf_counter()
         for key in list(self.running):
             d, members = self.running[key]
-            gone = [h for h, j in members.items() if j.cancelled.is_set() or now - j.created > j.timeout]
+            gone = [h for h, j in members.items() if j.cancelled.is_set() or j.expired(now)]
             if gone:
                 d.cancel(gone)
                 for h in gone:
-                    j = members.pop(h)
-                    if not j.cancelled.is_set():
-                        j.push("error", f"timeout: the request ran longer than {j.timeout:g} s")
-                    if self.metrics:
-                        self.metrics.requests.labels("cancelled" if j.cancelled.is_set() else "timeout").inc()
+                    self._drop(members.pop(h))
             if not d.live:
                 del self.running[key]
                 continue
@@ -162,27 +186,54 @@ class Engine:
                 del self.running[key]
 
     def _run_causal(self, jobs: list[Job]) -> None:
-        jobs = [j for j in jobs if not j.cancelled.is_set()]
+        """Each group (equal config and seed) runs left to right to its end. After every token, rows whose client
+        went away or whose deadline passed are answered (timeout) or forgotten (cancelled), as in `_step_all`;
+        a group none of whose rows is still wanted stops there. (A causal batch takes no joins, so a dropped
+        row's slot is reused when its batch ends.)"""
         groups: dict[tuple, list[Job]] = {}
         for j in jobs:
-            groups.setdefault((j.key(), j.seed), []).append(j)
+            if not j.cancelled.is_set():
+                groups.setdefault((j.key(), j.row_seed()), []).append(j)
         for (_, seed), group in groups.items():
-            cfg = group[0].cfg
-            if seed is not None:
-                cfg = dataclasses.replace(cfg, seed=seed)
+            now = time.perf_counter()
+            for j in group:
+                if j.cancelled.is_set() or j.expired(now):  # waited past its deadline behind an earlier group
+                    self._drop(j)
+            group = [j for j in group if not (j.cancelled.is_set() or j.expired(now))]
+            if not group:
+                continue
+            cfg = dataclasses.replace(group[0].cfg, seed=seed)
             partial: dict[int, list[int]] = {i: [] for i in range(len(group))}
+            alive = [True] * len(group)
 
-            def on_step(ev, group=group, partial=partial):
+            def on_step(ev, group=group, partial=partial, alive=alive):
                 for r, toks in zip(ev.rows, ev.tokens):
                     partial[r] += toks
-                    if group[r].frames:
+                    if alive[r] and group[r].frames:
                         group[r].push("frame", list(partial[r]))
+                now = time.perf_counter()
+                for r, j in enumerate(group):
+                    if alive[r] and (j.cancelled.is_set() or j.expired(now)):
+                        alive[r] = False
+                        self._drop(j)
+                self.causal_live = sum(alive)
+                if not self.causal_live:
+                    raise _Abandoned
 
             t0 = time.perf_counter()
-            out = generate_autoregressive(self.lm.model, [j.ids for j in group], cfg, streamer=on_step)
+            self.causal_live = len(group)
+            self._gauges()
+            try:
+                out = generate_autoregressive(self.lm.model, [j.ids for j in group], cfg, streamer=on_step)
+            except _Abandoned:
+                continue
+            finally:
+                self.causal_live = 0
             if self.metrics:
                 self.metrics.step_latency.observe((time.perf_counter() - t0) / max(1, max(out.steps)))
             for i, j in enumerate(group):
+                if not alive[i]:
+                    continue
                 j.steps = out.steps[i]
                 j.push("done", {"sequence": out.sequences[i], "nfe": out.nfe[i], "steps": out.steps[i],
                                 "finished_early": out.finished_early[i] if out.finished_early else False})  # fmt: skip
