@@ -4,12 +4,18 @@ server-sent events), /v1/dlm/denoise (every step's canvas, for visualisation), /
 Diffusion settings are extra body fields (steps, block_length, policy, threshold, cfg_scale, cache), validated
 like the OpenAI ones; a bad field gets a 400 whose `param` names it. `--api-key` requires
 `Authorization: Bearer KEY` on /v1/*. A full queue answers 429 with Retry-After.
+
+Bad input never costs the server more than a bounded amount of work: bodies over `max_body_bytes` get a 413
+(by Content-Length, or as soon as a chunked body passes it), text that is not valid Unicode (a lone surrogate
+such as JSON's "\\udcff") and prompts over `max_prompt_chars` get a 400 before anything is tokenised, a request
+for more completions than the queue can ever hold gets a 400, and tokenising runs off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import time
 import uuid
@@ -20,12 +26,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..sampling.policies import POLICIES
+from ..sampling import POLICIES
 from .engine import Engine, Job, QueueFull
 
 CACHES = ("none", "prefix", "dual")
+MAX_BODY_BYTES = 1 << 20  # default request body limit (1 MiB)
+CHARS_PER_TOKEN = 32  # default prompt limit: this many characters per token of the model's context
 PLAYGROUND = (Path(__file__).parent / "static" / "index.html").read_text()
 
 
@@ -92,16 +101,110 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
+class _ASCIIJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error that quotes bad input (a lone surrogate) still encodes."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def _error(status, message, param=None, code=None, headers=None) -> JSONResponse:
     kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
         status, "invalid_request_error" if status < 500 else "server_error"
     )
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return _ASCIIJSONResponse(body, status_code=status, headers=headers)
+
+
+def _bad_text(value, path: str = "") -> str | None:
+    """The path (`prompt`, `prompt[1]`, `messages[0].content`) of the first string that is not valid Unicode
+    (a lone surrogate: JSON allows "\\udcff", UTF-8 and the tokenizer do not), else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if (bad := _bad_text(v, f"{path}.{k}" if path else str(k))) is not None:
+                return bad
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            if (bad := _bad_text(v, f"{path}[{i}]")) is not None:
+                return bad
+    return None
+
+
+class _APIKey:
+    """ASGI middleware: /v1/* needs `Authorization: Bearer KEY`. The header's bytes, as sent, are compared with
+    the expected ones (KEY as UTF-8) in constant time."""
+
+    def __init__(self, app, key: str, on_reject=None):
+        self.app, self.expected, self.on_reject = app, f"Bearer {key}".encode(), on_reject
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            sent = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"")
+            if not hmac.compare_digest(sent, self.expected):
+                if self.on_reject:
+                    self.on_reject()
+                msg = "missing or wrong API key (Authorization: Bearer KEY)"
+                return await _error(401, msg, None, "invalid_api_key")(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets a 413 without being read (by Content-Length) or
+    as soon as the bytes read pass the limit (a chunked body). The body is read here, whole, and handed on."""
+
+    def __init__(self, app, limit: int, on_reject=None):
+        self.app, self.limit, self.on_reject = app, limit, on_reject
+
+    async def _reject(self, scope, receive, send) -> None:
+        if self.on_reject:
+            self.on_reject()
+        msg = f"request body is larger than this server's limit of {self.limit} bytes"
+        await _error(413, msg, "body", "request_too_large")(scope, receive, send)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    if int(value) > self.limit:
+                        return await self._reject(scope, receive, send)
+                except ValueError:
+                    pass
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before its body arrived
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return await self._reject(scope, receive, send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then http.disconnect, when it comes
+
+        await self.app(scope, replay, send)
 
 
 def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, max_batch: int = 8,
-               max_queue: int = 64, timeout: float = 300.0) -> FastAPI:  # fmt: skip
+               max_queue: int = 64, timeout: float = 300.0, max_body_bytes: int = MAX_BODY_BYTES,
+               max_prompt_chars: int | None = None) -> FastAPI:  # fmt: skip
+    """`max_body_bytes`: larger request bodies get a 413. `max_prompt_chars`: a longer prompt (or chat content
+    in all, or suffix) gets a 400 before it is tokenised; default CHARS_PER_TOKEN x the model's context."""
     from .metrics import Metrics
 
     metrics = Metrics()
@@ -120,6 +223,7 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
     tok = lm.tokenizer
     defaults = lm.generation_config
     limit = lm.model.config.max_seq_len
+    max_chars = max_prompt_chars if max_prompt_chars is not None else CHARS_PER_TOKEN * limit
 
     @app.exception_handler(APIError)
     async def _api_error(request, e: APIError):
@@ -142,13 +246,11 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
         metrics.requests.labels("400").inc()
         return _error(400, f"{param}: {msg}", param, err.get("type"))
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                metrics.requests.labels("401").inc()
-                return _error(401, "missing or wrong API key (Authorization: Bearer KEY)", None, "invalid_api_key")
-        return await call_next(request)
+    # Plain ASGI middleware (no BaseHTTPMiddleware: under it request.is_disconnected() never sees the client
+    # leave). The key check is outermost: a client without the key gets its 401 before its body is read.
+    app.add_middleware(_BodyLimit, limit=max_body_bytes, on_reject=lambda: metrics.requests.labels("413").inc())
+    if api_key:
+        app.add_middleware(_APIKey, key=api_key, on_reject=lambda: metrics.requests.labels("401").inc())
 
     # ---- helpers ---------------------------------------------------------------------------------
     def _config(s: Settings):
@@ -174,14 +276,43 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
             raise APIError(400, str(e), getattr(e, "field", None)) from None
         return cfg
 
-    def _jobs(prompts_ids: list[list[int]], s: Settings, frames: bool, suffix: list[int] | None = None) -> list[Job]:
+    def _check(s: Settings, n_prompts: int):
+        """Checks that need no tokenising, before any: valid Unicode, the model and settings (the config is
+        returned), and a number of completions the queue can ever hold."""
+        if (bad := _bad_text(s.model_dump())) is not None:
+            raise APIError(400, f"{bad}: not valid Unicode text (it holds a lone surrogate such as \\udcff)", bad,
+                           "invalid_text")  # fmt: skip
         cfg = _config(s)
+        total = n_prompts * s.n
+        if total > engine.max_queue:
+            param = "prompt" if s.n == 1 or n_prompts > engine.max_queue else "n"
+            raise APIError(400, f"{param}: {n_prompts} prompt(s) x n={s.n} = {total} completions; this server "
+                                f"queues at most {engine.max_queue} at once (--max-queue): split the request",
+                           param, "too_many_completions")  # fmt: skip
+        return cfg
+
+    def _check_chars(text: str, param: str, total: int | None = None) -> None:
+        n = len(text) if total is None else total
+        if n > max_chars:
+            raise APIError(400, f"{param}: {n} characters; this server takes at most {max_chars} (the model's "
+                                f"context is {limit} tokens)", param, "context_length_exceeded")  # fmt: skip
+
+    async def _tokenize(fn, param: str):
+        """Tokenise in a worker thread: a long prompt must not stall the event loop (every stream)."""
+        try:
+            return await run_in_threadpool(fn)
+        except Exception as e:  # input the tokenizer rejects is bad input, not a server error
+            raise APIError(400, f"{param}: {e}", param) from None
+
+    def _jobs(prompts_ids: list[list[int]], s: Settings, cfg, frames: bool, suffix: list[int] | None = None,
+              param: str = "prompt") -> list[Job]:  # fmt: skip
         loop = asyncio.get_running_loop()
         jobs = []
         for i, ids in enumerate(prompts_ids):
             if len(ids) + cfg.gen_length + len(suffix or []) > limit:
                 raise APIError(400, f"prompt {i} has {len(ids)} tokens; with max_tokens (as {cfg.gen_length} "
-                                    f"generated) it exceeds the model's context of {limit}", "prompt")  # fmt: skip
+                                    f"generated) it exceeds the model's context of {limit}", param,
+                               "context_length_exceeded")  # fmt: skip
             for k in range(s.n):
                 seed = None if s.seed is None else s.seed + k
                 jobs.append(Job(ids, cfg, seed, frames, loop, asyncio.Queue(), timeout, suffix=suffix or []))
@@ -285,7 +416,11 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
             raise APIError(400, "prompt: empty list", "prompt")
-        jobs = _jobs([tok.encode_prompt(p) for p in prompts], body, body.stream)
+        cfg = _check(body, len(prompts))
+        for i, p in enumerate(prompts):
+            _check_chars(p, "prompt" if isinstance(body.prompt, str) else f"prompt[{i}]")
+        ids = await _tokenize(lambda: [tok.encode_prompt(p) for p in prompts], "prompt")
+        jobs = _jobs(ids, body, cfg, body.stream)
         rid, now = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         base = {"id": rid, "object": "text_completion", "created": now, "model": model_name}
         if body.stream:
@@ -306,11 +441,15 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
         msgs = [m.model_dump() for m in body.messages]
-        try:
-            ids = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
-        except Exception as e:
-            raise APIError(400, f"messages: {e}", "messages") from None
-        jobs = _jobs([ids], body, body.stream)
+        cfg = _check(body, 1)
+        total = 0
+        for i, m in enumerate(msgs):
+            total += len(m["content"])
+            _check_chars(m["content"], f"messages[{i}].content", total)
+        ids = await _tokenize(
+            lambda: tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)), "messages"
+        )
+        jobs = _jobs([ids], body, cfg, body.stream, param="messages")
         rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         base = {"id": rid, "object": "chat.completion", "created": now, "model": model_name}
         if body.stream:
@@ -341,12 +480,16 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
         `suffix`, the span between prompt and suffix is filled (infilling)."""
         if body.n != 1:
             raise APIError(400, "denoise streams one answer: n must be 1", "n")
+        cfg = _check(body, 1)
+        _check_chars(body.prompt, "prompt")
         suffix = None
         if body.suffix:
             if lm.is_causal:
                 raise APIError(400, "a causal (autoregressive) model cannot fill before a suffix", "suffix")
-            suffix = tok.encode(body.suffix)
-        (job,) = _jobs([tok.encode_prompt(body.prompt)], body, True, suffix)
+            _check_chars(body.suffix, "suffix", len(body.prompt) + len(body.suffix))
+            suffix = await _tokenize(lambda: tok.encode(body.suffix), "suffix")
+        ids = await _tokenize(lambda: tok.encode_prompt(body.prompt), "prompt")
+        (job,) = _jobs([ids], body, cfg, True, suffix)
         mask = lm.model.config.mask_token_id
 
         async def events():
