@@ -81,4 +81,4 @@ def test_a_denoiser_is_reusable_after_it_drains(model):
         d.step()
     assert d.pop_result(a)["sequence"] == _alone(model, cfg, PROMPTS[0])[0]
     assert d.pop_result(b)["sequence"] == _alone(model, cfg, PROMPTS[1])[0]
-    assert torch.is_tensor(d.x) and d.live == 0
+    assert torch.is_tensor(d.rows.tokens) and d.live == 0

@@ -1,9 +1,25 @@
-"""Noise processes and their losses."""
+"""Noise processes: forward corruption, losses, likelihood bounds and the reverse step (one file per process,
+registered by name; `build_process` is the one factory)."""
 
-from .masked import DiffusionConfig, LossOutput, MaskedDiffusion, align_logits, masked_cross_entropy, perplexity
+from .base import (
+    PROCESSES,
+    DiffusionConfig,
+    LossOutput,
+    NoiseProcess,
+    ReverseProcess,
+    StepContext,
+    StepResult,
+    build_process,
+    register_process,
+)
+from .masked import MaskedDiffusion, align_logits, masked_cross_entropy, perplexity
+from .policies import POLICIES, StepInputs, UnmaskPolicy, get_policy, register_policy
 from .schedules import SCHEDULES, CosineSchedule, LinearSchedule, LogLinearSchedule, Schedule, get_schedule
+from .uniform import UniformDiffusion
 
 __all__ = [
+    "POLICIES",
+    "PROCESSES",
     "SCHEDULES",
     "CosineSchedule",
     "DiffusionConfig",
@@ -11,9 +27,20 @@ __all__ = [
     "LogLinearSchedule",
     "LossOutput",
     "MaskedDiffusion",
+    "NoiseProcess",
+    "ReverseProcess",
     "Schedule",
+    "StepContext",
+    "StepInputs",
+    "StepResult",
+    "UniformDiffusion",
+    "UnmaskPolicy",
     "align_logits",
+    "build_process",
+    "get_policy",
     "get_schedule",
     "masked_cross_entropy",
     "perplexity",
+    "register_policy",
+    "register_process",
 ]

@@ -7,43 +7,15 @@ everything about noise; the network knows nothing of it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError, check_choice
+from .base import DiffusionConfig, LossOutput, NoiseProcess, ReverseProcess, StepContext, StepResult, rand
+from .base import register_process
 from .fused_ce import chunked_cross_entropy, weighted_cross_entropy
-from .schedules import get_schedule
-
-
-@dataclass
-class DiffusionConfig:
-    process: str = "masked"
-    schedule: str = "linear"  # linear | cosine | loglinear
-    eps: float = 1e-3  # t is drawn from [eps, 1]
-    antithetic: bool = True  # low-discrepancy t over the batch
-    random_length_prob: float = 0.0  # LLaDA truncates 1% of batches to a random length
-
-    def __post_init__(self) -> None:
-        check_choice("diffusion.process", self.process, ("masked",))
-        get_schedule(self.schedule)
-        if not 0.0 < self.eps < 1.0:
-            raise ConfigError("diffusion.eps", f"got {self.eps}; must be in (0, 1)")
-        if not 0.0 <= self.random_length_prob <= 1.0:
-            raise ConfigError("diffusion.random_length_prob", f"got {self.random_length_prob}; must be in [0, 1]")
-
-
-@dataclass
-class LossOutput:
-    loss: torch.Tensor  # scalar to backpropagate
-    num_tokens: int  # tokens the loss was normalised by
-    num_masked: int
-
-
-def _rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    dev = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=dev).to(device)
+from .policies import StepInputs, get_policy, top_k_top_p_filter
 
 
 def align_logits(logits: torch.Tensor, shift: bool) -> torch.Tensor:
@@ -69,40 +41,28 @@ def masked_cross_entropy(
     return ce.masked_scatter(masked, _ce_rows(logits[masked], targets[masked], mask_token_id))
 
 
-class MaskedDiffusion:
-    """Forward process q(x_t | x_0) and the losses that train p(x_0)."""
+@register_process
+class MaskedDiffusion(NoiseProcess):
+    """Absorbing-state diffusion: forward process q(x_t | x_0), the losses that train p(x_0), the likelihood
+    bound, and (`reverse`) the reverse transition with its unmask policies and commit schedules."""
 
-    def __init__(self, config: DiffusionConfig, mask_token_id: int, *, shift_logits: bool = False):
+    name = "masked"
+
+    def __init__(self, config: DiffusionConfig, mask_token_id: int, *, shift_logits: bool = False, vocab_size=0):
         if mask_token_id is None:
             raise ConfigError("model.mask_token_id", "masked diffusion needs a mask token id; got None")
-        self.config = config
-        self.schedule = get_schedule(config.schedule, config.eps)
-        self.mask_token_id = int(mask_token_id)
-        self.shift_logits = shift_logits
-        self.fused = True  # fused chunked head + cross-entropy for dlm Transformers (False: plain logits)
+        super().__init__(config, vocab_size=vocab_size, mask_token_id=mask_token_id, shift_logits=shift_logits)
 
-    # ---- time and noise ---------------------------------------------------------------------
-    def sample_t(self, batch: int, generator=None, device="cpu", shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
-        """t in [eps, 1]; antithetic: u_i = (u + i/B) mod 1.
+    def reverse(self, config) -> "MaskedReverse":
+        return MaskedReverse(self, config)
 
-        shard=(rank, world): this call holds rows rank::world of a global batch of batch*world rows (data
-        parallel); t is drawn for the global batch and sliced, so every row gets the t it gets in one process."""
-        eps = self.config.eps
-        rank, world = shard
-        n = batch * world
-        if self.config.antithetic:
-            u0 = _rand((1,), generator, device)
-            u = (u0 + torch.arange(n, device=device) / n) % 1.0
-        else:
-            u = _rand((n,), generator, device)
-        return (eps + (1.0 - eps) * u)[rank::world]
-
+    # ---- noise ------------------------------------------------------------------------------
     def add_noise(self, x0, t, generator=None, maskable: torch.Tensor | None = None, shard: tuple[int, int] = (0, 1)):
         """Mask each maskable token with probability 1 - alpha(t). Returns (x_t, masked). `shard` as in
         sample_t: the uniforms are drawn for the global batch and this shard's rows kept."""
         p = self.schedule.mask_prob(t)[:, None]
         rank, world = shard
-        u = _rand((x0.shape[0] * world, *x0.shape[1:]), generator, x0.device)[rank::world]
+        u = rand((x0.shape[0] * world, *x0.shape[1:]), generator, x0.device)[rank::world]
         masked = (u < p) & (x0 != self.mask_token_id)
         if maskable is not None:
             masked &= maskable
@@ -156,7 +116,7 @@ class MaskedDiffusion:
         shard=(rank, world) (data parallel; see sample_t) the mean over ranks equals the one-process loss."""
         if (
             self.config.random_length_prob > 0
-            and _rand((1,), generator, input_ids.device).item() < self.config.random_length_prob
+            and rand((1,), generator, input_ids.device).item() < self.config.random_length_prob
         ):
             dev = generator.device if generator is not None else input_ids.device
             new_len = int(torch.randint(1, input_ids.shape[1] + 1, (1,), generator=generator, device=dev).item())
@@ -206,7 +166,7 @@ class MaskedDiffusion:
         if maskable is None:
             maskable = attention_mask.bool() if attention_mask is not None else None
         total = torch.zeros(B, dtype=torch.float64, device=input_ids.device)
-        offset = _rand((1,), generator, input_ids.device)
+        offset = rand((1,), generator, input_ids.device)
         for k in range(num_samples):
             u = (offset + k / num_samples) % 1.0
             t = (eps + (1.0 - eps) * u).expand(B)
@@ -245,6 +205,106 @@ class MaskedDiffusion:
             total += float((ce * A / n_mask.float()[rows]).sum())
             done += n
         return -total / mc_samples
+
+
+COMMIT_SCHEDULES = ("even", "dream")
+PROPOSALS = ("gumbel", "categorical")
+
+
+class MaskedReverse(ReverseProcess):
+    """The masked reverse step: propose tokens at the still-masked positions of the active region, then commit
+    some of them (the unmask policy, counting with the commit schedule) and leave the rest masked.
+
+    Commit schedules (GenerationConfig.schedule): `even` — LLaDA: the block's masks split evenly over its steps
+    (the first c % steps steps one more, at least one per step); `dream` — Dream: on the float32 time grid
+    t = linspace(1, schedule_eps, steps + 1), step i commits floor(n_masked * f_i) with f_i the noise schedule's
+    (alpha_s - alpha_t) / (1 - alpha_t) (1 - s/t for the linear schedule, Dream's own expression), everything
+    at the last step. Proposals (GenerationConfig.proposal), for temperature > 0: `gumbel` — LLaDA: Gumbel-max
+    over the top-k/top-p filtered logits / T, confidences from the untempered distribution; `categorical` —
+    Dream: logits / T, then top-p, then top-k, tokens drawn from that distribution with the row's generator,
+    confidences from it too. Greedy (T = 0) is the argmax in both."""
+
+    def __init__(self, process: "MaskedDiffusion", config):
+        super().__init__(process, config)
+        check_choice("schedule", config.schedule, COMMIT_SCHEDULES)
+        check_choice("proposal", config.proposal, PROPOSALS)
+        self.mask_id = process.mask_token_id
+        self.policy = get_policy(config.policy, config)
+        steps = config.steps_per_block
+        grid = torch.linspace(1, config.schedule_eps, steps + 1)
+        self.fraction = process.schedule.unmask_fraction(grid[:-1], grid[1:]).float()
+        self.fraction[-1] = 1.0
+
+    def init_canvas(self, length, generator):
+        return [self.mask_id] * length
+
+    def noisy_in_text(self, tokens):
+        return tokens == self.mask_id
+
+    def unconditional(self, tokens, hide):
+        return tokens.masked_fill(hide, self.mask_id)
+
+    def reset(self, batch, length, device):
+        self.policy.reset(batch, length, device)
+
+    def extend(self, batch, length, shift):
+        self.policy.extend(batch, length, shift)
+
+    def commit_count(self, ctx: StepContext, remaining: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
+        if self.config.schedule == "even":
+            c0, steps = ctx.noisy_at_block_start, ctx.steps
+            k = c0 // steps + (ctx.step < c0 % steps).long()
+            return torch.minimum(k.clamp(min=1), remaining)
+        return (remaining.float() * fraction).long()
+
+    def propose(self, logits: torch.Tensor, ctx: StepContext, where: torch.Tensor):
+        """(x0, x0_prob, probs) at the query slots; tokens are drawn only where `where` holds."""
+        cfg = self.config
+        if cfg.temperature == 0:
+            probs = torch.softmax(logits, dim=-1)
+            x0_prob, x0 = probs.max(dim=-1)
+            return x0, x0_prob, probs
+        if cfg.proposal == "gumbel":
+            probs = torch.softmax(logits, dim=-1)
+            filtered = top_k_top_p_filter(logits, cfg.top_k, cfg.top_p)
+            gumbel = -torch.log(-torch.log(ctx.uniform(where, logits.shape[-1]).clamp(1e-20, 1.0 - 1e-7)))
+            x0 = torch.argmax(filtered / cfg.temperature + gumbel, dim=-1)
+            return x0, probs.gather(-1, x0[..., None]).squeeze(-1), probs
+        tempered = top_k_top_p_filter(top_k_top_p_filter(logits / cfg.temperature, 0, cfg.top_p), cfg.top_k, 1.0)
+        probs = torch.softmax(tempered, dim=-1)
+        x0 = probs.argmax(dim=-1)
+        for i, g in enumerate(ctx.generators):
+            w = where[i]
+            if bool(w.any()):
+                p = probs[i, w]
+                p = p / p.sum(-1, keepdim=True)  # torch.distributions.Categorical's normalisation
+                x0[i, w] = torch.multinomial(p.to(g.device), 1, True, generator=g).squeeze(-1).to(x0.device)
+        return x0, probs.gather(-1, x0[..., None]).squeeze(-1), probs
+
+    def step(self, ctx: StepContext) -> StepResult:
+        logits, cand = ctx.logits, ctx.candidates
+        logits[..., self.mask_id] = float("-inf")  # never propose the mask token
+        remaining = cand.sum(1)
+        fraction = self.fraction.to(logits.device)[ctx.step.clamp(max=ctx.steps - 1)]
+        s = StepInputs(
+            logits=logits, probs=None, x0=None, x0_prob=None, candidates=cand,
+            num_to_commit=self.commit_count(ctx, remaining, fraction), uniform=lambda: ctx.uniform(cand),
+            rows=ctx.rows, positions=ctx.positions, step=ctx.step, fraction=fraction,
+        )  # fmt: skip
+        if self.policy.positions_first:
+            commit = self.policy.choose_positions(s) & cand
+            commit = torch.where(ctx.last_step[:, None], cand, commit)
+            s.x0, s.x0_prob, s.probs = self.propose(logits, ctx, commit)
+        else:
+            s.x0, s.x0_prob, s.probs = self.propose(logits, ctx, cand)
+            commit = self.policy(s) & cand
+            commit = torch.where(ctx.last_step[:, None], cand, commit)  # a block's last step commits the rest
+        if self.config.schedule == "even":  # LLaDA's rule: at least one commit per row and step
+            none = (commit.sum(1) == 0) & (remaining > 0)
+            best = s.x0_prob.masked_fill(~cand, -1.0).argmax(1)
+            commit = commit | (F.one_hot(best, cand.shape[1]).bool() & none[:, None])
+        tokens = torch.where(commit, s.x0, ctx.tokens)
+        return StepResult(tokens=tokens, noisy=cand & ~commit, changed=commit)
 
 
 def perplexity(nll_sum: float, num_tokens: int) -> float:

@@ -28,6 +28,12 @@ class Schedule:
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         return -self.alpha_prime(t) / (1.0 - self.alpha(t))
 
+    def unmask_fraction(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Probability that a position masked at time t is clean at time s < t: (alpha_s - alpha_t) / (1 - alpha_t)
+        (the masked posterior; the reverse step's commit fraction)."""
+        a_t, a_s = self.alpha(t), self.alpha(s)
+        return (a_s - a_t) / (1.0 - a_t)
+
 
 class LinearSchedule(Schedule):
     """alpha = 1 - t; w = 1/t (LLaDA)."""
@@ -39,6 +45,9 @@ class LinearSchedule(Schedule):
 
     def alpha_prime(self, t):
         return -torch.ones_like(t)
+
+    def unmask_fraction(self, t, s):
+        return 1 - s / t  # Dream's expression, written as Dream writes it (float rounding included)
 
 
 class CosineSchedule(Schedule):

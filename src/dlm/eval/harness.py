@@ -30,7 +30,7 @@ try:
 except ImportError as e:  # pragma: no cover - the adapter is optional
     raise ImportError("the lm-evaluation-harness adapter needs lm-eval: pip install 'lm-eval>=0.4'") from e
 
-from ..diffusion import DiffusionConfig, MaskedDiffusion
+from ..diffusion import build_process
 from ..errors import InputError
 
 GEN_KEYS = ("steps", "block_length", "policy", "threshold", "cache", "temperature", "top_p", "top_k", "cfg_scale")
@@ -79,7 +79,7 @@ class DLMEvalLM(LM):
         c = self.model.config
         self.diffusion = None
         if not self.lm.is_causal:
-            self.diffusion = MaskedDiffusion(DiffusionConfig(), c.mask_token_id, shift_logits=c.shift_logits)
+            self.diffusion = build_process(self.lm.diffusion_config, c)
 
     # ---- scoring ------------------------------------------------------------------------------
     def _split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:

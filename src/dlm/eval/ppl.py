@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import DiffusionConfig, MaskedDiffusion
+from ..diffusion import DiffusionConfig, build_process
 from ..errors import InputError
 
 
@@ -53,13 +53,7 @@ def perplexity(
     device = next(model.parameters()).device
     causal = model.config.attention == "causal"
     gen = torch.Generator(device=device).manual_seed(seed)
-    diff = (
-        None
-        if causal
-        else MaskedDiffusion(
-            diffusion_config or DiffusionConfig(), model.config.mask_token_id, shift_logits=model.config.shift_logits
-        )
-    )
+    diff = None if causal else build_process(diffusion_config or DiffusionConfig(), model.config)
     nll, tokens = 0.0, 0
     for i in range(0, windows.shape[0], batch_size):
         ids = windows[i : i + batch_size].to(device)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..configs import from_dict
-from ..diffusion import DiffusionConfig
+from ..diffusion import DiffusionConfig, build_process
 from ..errors import CheckpointError, ConfigError, InputError
 from ..sampling import GenerationConfig, generate
 from ..sampling.autoregressive import generate_autoregressive
@@ -134,7 +134,7 @@ class DiffusionLM:
                 )
             out = generate_autoregressive(self.model, ids, cfg, streamer=streamer)
         else:
-            out = generate(self.model, ids, cfg, suffixes=sfx, streamer=streamer)
+            out = generate(self.model, ids, cfg, suffixes=sfx, streamer=streamer, process=self.process)
         return [
             Completion(
                 p,
@@ -160,6 +160,11 @@ class DiffusionLM:
         overrides.setdefault("steps", length)
         cfg = self.make_config(None, gen_length=length, trim_at_eos=False, stop_at_eos=False, **overrides)
         return self.generate([prefix], cfg, suffixes=None if prefix_only else [suffix])[0]
+
+    @property
+    def process(self):
+        """The noise process this model was trained with (its reverse step samples it)."""
+        return build_process(self.diffusion_config, self.model.config)
 
     @property
     def is_causal(self) -> bool:

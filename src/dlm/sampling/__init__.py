@@ -2,7 +2,7 @@
 
 from .config import GenerationConfig
 from .generate import GenerationOutput, generate
-from .policies import POLICIES, StepInputs, UnmaskPolicy, get_policy, register_policy
+from ..diffusion.policies import POLICIES, StepInputs, UnmaskPolicy, get_policy, register_policy
 from .processors import LogitsProcessor, SuppressTokens, top_k_top_p_filter
 from .streamer import CallbackStreamer, RecordingStreamer, StepEvent, Streamer
 

@@ -19,6 +19,9 @@ class GenerationConfig:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     policy: str = "low_confidence"  # unmask policy name (see dlm.sampling.POLICIES)
+    schedule: str = "even"  # commit schedule: even (LLaDA) | dream (floor(n (a_s - a_t)/(1 - a_t)) on Dream's grid)
+    schedule_eps: float = 1e-3  # dream schedule: the time grid is linspace(1, schedule_eps, steps + 1)
+    proposal: str = "gumbel"  # temperature > 0: gumbel (LLaDA) | categorical (Dream: tempered, filtered, sampled)
     cfg_scale: float = 0.0  # classifier-free guidance weight w: u + (w+1)(c - u); 0 = off
     seed: int | None = None  # every row gets its own generator seeded with this (batch-invariant)
     stop_at_eos: bool = True  # a row ends once an EOS is committed and everything before it is final
@@ -52,7 +55,8 @@ class GenerationConfig:
         return self.steps // self.num_blocks
 
     def validate(self) -> None:
-        from .policies import POLICIES
+        from ..diffusion.masked import COMMIT_SCHEDULES, PROPOSALS
+        from ..diffusion.policies import POLICIES
 
         check_positive("gen_length", self.gen_length)
         check_positive("steps", self.steps)
@@ -90,6 +94,10 @@ class GenerationConfig:
             raise ConfigError("credit_gamma", f"got {self.credit_gamma}; must be > 0")
         if not 0.0 <= self.credit_decay <= 1.0:
             raise ConfigError("credit_decay", f"got {self.credit_decay}; must be in [0, 1]")
+        check_choice("schedule", self.schedule, COMMIT_SCHEDULES)
+        check_choice("proposal", self.proposal, PROPOSALS)
+        if not 0.0 <= self.schedule_eps < 1.0:
+            raise ConfigError("schedule_eps", f"got {self.schedule_eps}; must be in [0, 1)")
         check_choice("cache", self.cache, CACHE_MODES)
         check_positive("cache_refresh", self.cache_refresh, allow_zero=True)
         check_choice("dtype", self.dtype, DTYPES)

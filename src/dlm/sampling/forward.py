@@ -34,11 +34,11 @@ class ModelRunner:
     """One object per generate() call. `logits()` returns float32 logits (R, A, V) at the requested slots,
     with CFG applied; `select_rows()` keeps the cache aligned with the live rows of the batch."""
 
-    def __init__(self, model, config: GenerationConfig, mask_id: int, length: int, device: torch.device):
+    def __init__(self, model, config: GenerationConfig, unconditional, length: int, device: torch.device):
         self.model = model
         self.fn = compiled_forward(model) if config.compile else model
         self.cfg_scale = config.cfg_scale
-        self.mask_id = mask_id
+        self.unconditional = unconditional  # (canvas, hide) -> CFG's unconditional canvas (the process decides)
         self.length = length
         self.mode = config.cache
         self.refresh_every = config.cache_refresh
@@ -91,7 +91,7 @@ class ModelRunner:
         others recompute only [ws, we))."""
         cfg = self.cfg_scale > 0
         if cfg:
-            x = torch.cat([x, x.masked_fill(hide, self.mask_id)])
+            x = torch.cat([x, self.unconditional(x, hide)])
             am, pos, idx = (torch.cat([t, t]) for t in (am, pos, idx))
             if self.cache is not None:
                 refresh, ws, we = (torch.cat([t, t]) for t in (refresh, ws, we))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import to_dict
-from ..diffusion import MaskedDiffusion
+from ..diffusion import NoiseProcess, build_process
 from ..diffusion.fused_ce import weighted_cross_entropy
 from ..errors import CheckpointError, ConfigError
 from ..hub.checkpoint import save_pretrained
@@ -113,7 +113,7 @@ class TrainingModule(nn.Module):
     rows rank::world of each global batch, and the noise is drawn for the global batch (see MaskedDiffusion).
     Packed SFT batches (data.pack) bring answer_mask, segment_ids and position_ids."""
 
-    def __init__(self, net: nn.Module, objective: str, diffusion: MaskedDiffusion, shard=(0, 1), compiled=None):
+    def __init__(self, net: nn.Module, objective: str, diffusion: NoiseProcess, shard=(0, 1), compiled=None):
         super().__init__()
         self.net = net
         self.objective = objective
@@ -200,9 +200,7 @@ class Trainer:
             else:
                 compiled = torch.compile(self.model)
         self.forward_model = compiled if compiled is not None else self.model
-        self.diffusion = MaskedDiffusion(
-            config.diffusion, self.model_config.mask_token_id, shift_logits=self.model_config.shift_logits
-        )
+        self.diffusion = build_process(config.diffusion, self.model_config)
         self.module = TrainingModule(self.model, config.train.objective, self.diffusion, self.env.shard, compiled)
         self.wrapped = self._parallelize(self.module)
         self.optimizer = self._optimizer()

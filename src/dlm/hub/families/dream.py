@@ -29,5 +29,7 @@ class DreamFamily(HFLayoutFamily):
         return None
 
     def generation_defaults(self) -> dict:
-        # Dream's published chat settings: entropy-ordered unmasking, temperature 0.2, top-p 0.95.
-        return {"gen_length": 128, "steps": 128, "policy": "entropy", "temperature": 0.2, "top_p": 0.95}
+        # Dream's published chat settings: entropy-ordered unmasking, temperature 0.2, top-p 0.95; Dream's own
+        # commit schedule (floor(n (1 - s/t)) on linspace(1, 1e-3, steps + 1)) and tempered categorical sampling.
+        return {"gen_length": 128, "steps": 128, "policy": "entropy", "temperature": 0.2, "top_p": 0.95,
+                "schedule": "dream", "schedule_eps": 1e-3, "proposal": "categorical"}  # fmt: skip

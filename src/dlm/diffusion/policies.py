@@ -1,11 +1,13 @@
-"""Unmask policies: which masked positions to commit at a step. One small class each, registered by name.
+"""Unmask policies: the masked process's strategy for which masked positions to commit at a step. One small
+class each, registered by name.
 
 A policy scores candidate positions (`scores`: higher = commit sooner) and says how many to commit this step
 (`commit_count`, the one hook parallel decoding needs); `select` commits that many of the best-scoring
-candidates. The default count is the schedule's k (LLaDA: steps spread evenly over the block); parallel-decoding
-policies (threshold, factor, entropy_bound, credit) count from confidences, so `steps` becomes an upper bound.
-The loop adds two rules whatever a policy returns: at least one commit per row and step, and a block's last
-step commits everything left.
+candidates. The default count is the commit schedule's k (`even`: LLaDA's even split, at least one per step;
+`dream`: Dream's floor(n (alpha_s - alpha_t) / (1 - alpha_t)), which may be zero); parallel-decoding policies
+(threshold, factor, entropy_bound, credit) count from confidences (at least one), so `steps` becomes an upper
+bound. `posterior` (Dream's alg `origin`, MDLM's ancestral step) decides positions before tokens are drawn.
+The masked process adds one rule whatever a policy returns: a block's last step commits everything left.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from typing import Callable
 
 import torch
 
-from .config import GenerationConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..sampling.config import GenerationConfig
 
 POLICIES: dict[str, type["UnmaskPolicy"]] = {}
 
@@ -37,6 +42,7 @@ class StepInputs:
     rows: torch.Tensor | None = None  # (R,) long: each row's index in the generate() batch (for per-row state)
     positions: torch.Tensor | None = None  # (R, A) long: canvas slots of the active positions
     step: torch.Tensor | None = None  # (R,) long: step index inside each row's current block
+    fraction: torch.Tensor | None = None  # (R,) float32: the schedule's unmask probability this step
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -54,9 +60,14 @@ class UnmaskPolicy:
     """Base class: a policy is built per generate() call with its GenerationConfig (settings live there)."""
 
     name = "base"
+    positions_first = False  # True: `choose_positions(s)` runs before tokens are proposed (s.x0 is None)
 
-    def __init__(self, config: GenerationConfig | None = None):
-        self.config = config if config is not None else GenerationConfig()
+    def __init__(self, config: "GenerationConfig | None" = None):
+        if config is None:
+            from ..sampling.config import GenerationConfig
+
+            config = GenerationConfig()
+        self.config = config
 
     def reset(self, batch: int, length: int, device) -> None:
         """Start of a generate() call over `batch` rows of `length` canvas slots (allocate per-row state)."""
@@ -73,8 +84,8 @@ class UnmaskPolicy:
         return s.num_to_commit
 
     def select(self, scores: torch.Tensor, s: StepInputs) -> torch.Tensor:
-        """Commit the commit_count best-scoring candidates of each row (at least one; stable on ties)."""
-        n = self.commit_count(scores, s).clamp(min=1)
+        """Commit the commit_count best-scoring candidates of each row (stable on ties)."""
+        n = self.commit_count(scores, s)
         scores = scores.masked_fill(~s.candidates, float("-inf"))
         order = torch.argsort(scores, dim=1, descending=True, stable=True)
         ranks = torch.argsort(order, dim=1, stable=True)
@@ -138,7 +149,7 @@ class Threshold(UnmaskPolicy):
         return s.x0_prob
 
     def commit_count(self, scores, s):
-        return ((scores >= self.config.threshold) & s.candidates).sum(1)
+        return ((scores >= self.config.threshold) & s.candidates).sum(1).clamp(min=1)
 
 
 @register_policy
@@ -155,7 +166,7 @@ class Factor(UnmaskPolicy):
         conf = _sorted_candidates(scores, s)
         r = torch.arange(1, conf.shape[1] + 1, device=conf.device, dtype=conf.dtype)
         ok = conf >= 1.0 - self.config.factor / (r + 1.0)
-        return ok.long().cumprod(1).sum(1)
+        return ok.long().cumprod(1).sum(1).clamp(min=1)
 
 
 @register_policy
@@ -170,7 +181,7 @@ class EntropyBound(UnmaskPolicy):
 
     def commit_count(self, scores, s):
         h = _sorted_candidates(-scores, s, descending=False)  # ascending entropy, non-candidates +inf
-        return (h.cumsum(1) <= self.config.entropy_bound).sum(1)
+        return (h.cumsum(1) <= self.config.entropy_bound).sum(1).clamp(min=1)
 
 
 @register_policy
@@ -205,7 +216,7 @@ class Credit(UnmaskPolicy):
         return boosted / (boosted + (1.0 - s.x0_prob)).clamp_min(1e-30)
 
     def commit_count(self, scores, s):
-        return ((scores >= self.config.threshold) & s.candidates).sum(1)
+        return ((scores >= self.config.threshold) & s.candidates).sum(1).clamp(min=1)
 
 
 @register_policy
@@ -224,7 +235,34 @@ class FirstHitting(UnmaskPolicy):
         return torch.ones_like(s.num_to_commit)
 
 
-def get_policy(name: str, config: GenerationConfig | None = None) -> UnmaskPolicy:
+def top_k_top_p_filter(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus top-p to -inf (the most likely token always stays)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        remove_sorted = (cum - sorted_logits.softmax(-1)) >= top_p  # keep the token that crosses p
+        remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+@register_policy
+class Posterior(UnmaskPolicy):
+    """MDLM's ancestral step, Dream's alg `origin`: each masked position is committed independently with the
+    schedule's probability (alpha_s - alpha_t) / (1 - alpha_t) (Dream: 1 - s/t), drawn from the row's own
+    generator before any token is drawn (Dream's order), so a step may commit nothing."""
+
+    name = "posterior"
+    positions_first = True
+
+    def choose_positions(self, s):
+        return (s.uniform() < s.fraction[:, None]) & s.candidates
+
+
+def get_policy(name: str, config: "GenerationConfig | None" = None) -> UnmaskPolicy:
     from ..errors import ConfigError
 
     if name not in POLICIES:

@@ -1,0 +1,196 @@
+"""The noise-process interface: one object owns both directions (as a diffusers scheduler owns `add_noise`
+and `step`).
+
+Training side: `sample_t`, `add_noise`, `loss` (pre-training ELBO), `sft_loss` (prompt kept clean) and
+`elbo_nll` (the likelihood bound). Sampling side: `reverse(generation_config)` builds the per-generation
+`ReverseProcess`, which owns the canvas a generation starts from, which positions are still noisy, what
+classifier-free guidance's unconditional input is, and the reverse transition itself (propose tokens from
+logits, decide what changes this step, with the process's own commit schedule). The sampler loop
+(`dlm.sampling`) owns only what every process shares: rows, blocks and step pacing, per-row generators,
+caches, CFG arithmetic, EOS, streaming and batching; it never looks at a token id to decide anything.
+
+A new process is one file that subclasses `NoiseProcess` and `ReverseProcess` and registers itself with
+`@register_process`; `build_process` is the one factory (nothing else constructs a process).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from ..errors import ConfigError, check_choice
+from .schedules import get_schedule
+
+PROCESSES: dict[str, type["NoiseProcess"]] = {}
+
+
+def register_process(cls):
+    PROCESSES[cls.name] = cls
+    return cls
+
+
+@dataclass
+class DiffusionConfig:
+    process: str = "masked"  # a registered noise process: masked | uniform
+    schedule: str = "linear"  # linear | cosine | loglinear
+    eps: float = 1e-3  # t is drawn from [eps, 1]
+    antithetic: bool = True  # low-discrepancy t over the batch
+    random_length_prob: float = 0.0  # LLaDA truncates 1% of batches to a random length
+
+    def __post_init__(self) -> None:
+        _load_builtin_processes()
+        check_choice("diffusion.process", self.process, PROCESSES)
+        get_schedule(self.schedule)
+        if not 0.0 < self.eps < 1.0:
+            raise ConfigError("diffusion.eps", f"got {self.eps}; must be in (0, 1)")
+        if not 0.0 <= self.random_length_prob <= 1.0:
+            raise ConfigError("diffusion.random_length_prob", f"got {self.random_length_prob}; must be in [0, 1]")
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar to backpropagate
+    num_tokens: int  # tokens the loss was normalised by
+    num_masked: int  # positions that were noised
+
+
+@dataclass
+class StepContext:
+    """What the loop hands the reverse transition at one step: the query slots of each row (its still-noisy
+    positions in the active region, right-aligned in slot order so a row's work never depends on the batch)."""
+
+    logits: torch.Tensor  # (R, A, V) float32 logits at the query slots (CFG and logits processors applied)
+    tokens: torch.Tensor  # (R, A) the canvas's tokens at the query slots
+    candidates: torch.Tensor  # (R, A) bool: real query slots (the rest is right-alignment filler)
+    positions: torch.Tensor  # (R, A) long: canvas slots of the query positions
+    rows: torch.Tensor  # (R,) long: row handles (per-row state of policies)
+    step: torch.Tensor  # (R,) long: step index inside each row's current block
+    steps: int  # steps per block
+    noisy_at_block_start: torch.Tensor  # (R,) long: noisy positions in the region when the block started
+    generators: Sequence[torch.Generator]  # each row's own generator
+    uniform: Callable[..., torch.Tensor]  # uniform(*extra) -> (R, A, *extra) from each row's generator
+
+    @property
+    def last_step(self) -> torch.Tensor:
+        return self.step >= self.steps - 1
+
+
+@dataclass
+class StepResult:
+    tokens: torch.Tensor  # (R, A) tokens at the query slots after this step
+    noisy: torch.Tensor  # (R, A) bool: query slots still noisy after this step
+    changed: torch.Tensor  # (R, A) bool: slots whose token was decided or revised this step (streaming)
+
+
+class ReverseProcess:
+    """One generation's reverse transition (built by `NoiseProcess.reverse`). Row-state hooks `reset` /
+    `extend` follow the loop's rows (continuous batching)."""
+
+    def __init__(self, process: "NoiseProcess", config):
+        self.process, self.config = process, config
+
+    def init_canvas(self, length: int, generator: torch.Generator) -> list[int]:
+        """Tokens of a fresh generated region of `length` positions (drawn from the row's generator)."""
+        raise NotImplementedError
+
+    def noisy_in_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(R, L) bool: positions of user text (prompt/suffix) that are noise to be filled in place."""
+        return torch.zeros_like(tokens, dtype=torch.bool)
+
+    def unconditional(self, tokens: torch.Tensor, hide: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance's unconditional input: the canvas with the `hide` positions (the prompt) at
+        full noise."""
+        raise ConfigError("cfg_scale", f"the {self.process.name} process has no unconditional input; use cfg_scale=0")
+
+    def reset(self, batch: int, length: int, device) -> None:
+        """Start of a generation over `batch` row handles of `length` canvas slots."""
+
+    def extend(self, batch: int, length: int, shift: int) -> None:
+        """Rows joined: state must cover `batch` handles and `length` slots, old slots moved right by `shift`."""
+
+    def step(self, ctx: StepContext) -> StepResult:
+        raise NotImplementedError
+
+
+class NoiseProcess:
+    """Forward corruption, losses and likelihood bound of one process; `reverse()` gives its sampler side."""
+
+    name = "base"
+
+    def __init__(self, config: DiffusionConfig, *, vocab_size: int, mask_token_id: int | None, shift_logits=False):
+        self.config = config
+        self.schedule = get_schedule(config.schedule, config.eps)
+        self.vocab_size = int(vocab_size)
+        self.mask_token_id = None if mask_token_id is None else int(mask_token_id)
+        self.shift_logits = bool(shift_logits)
+        self.fused = True  # fused chunked head + cross-entropy for dlm Transformers (False: plain logits)
+
+    def reverse(self, config) -> ReverseProcess:
+        raise NotImplementedError
+
+    def sample_t(self, batch: int, generator=None, device="cpu", shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """t in [eps, 1]; antithetic: u_i = (u + i/B) mod 1.
+
+        shard=(rank, world): this call holds rows rank::world of a global batch of batch*world rows (data
+        parallel); t is drawn for the global batch and sliced, so every row gets the t it gets in one process."""
+        eps = self.config.eps
+        rank, world = shard
+        n = batch * world
+        if self.config.antithetic:
+            u0 = rand((1,), generator, device)
+            u = (u0 + torch.arange(n, device=device) / n) % 1.0
+        else:
+            u = rand((n,), generator, device)
+        return (eps + (1.0 - eps) * u)[rank::world]
+
+    def add_noise(self, x0, t, generator=None, maskable=None, shard=(0, 1)):
+        raise NotImplementedError
+
+    def loss(self, model, input_ids, attention_mask=None, generator=None, shard=(0, 1)) -> LossOutput:
+        raise NotImplementedError
+
+    def sft_loss(self, model, input_ids, prompt_lengths, attention_mask=None, generator=None, shard=(0, 1),
+                 answer_mask=None) -> LossOutput:  # fmt: skip
+        raise NotImplementedError
+
+    def elbo_nll(self, model, input_ids, num_samples=8, attention_mask=None, generator=None, maskable=None):
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def log_likelihood(self, model, prompt_ids, answer_ids, mc_samples: int = 64, batch_size: int = 16,
+                       generator=None) -> float:  # fmt: skip
+        """A lower bound on log p(answer | prompt): minus the ELBO bound over the answer positions, with
+        `mc_samples` stratified noise levels."""
+        device = next(model.parameters()).device if hasattr(model, "parameters") else "cpu"
+        prompt = torch.as_tensor(list(prompt_ids), dtype=torch.long)
+        seq = torch.cat([prompt, torch.as_tensor(list(answer_ids), dtype=torch.long)])[None].to(device)
+        answer = torch.arange(seq.shape[1], device=device)[None] >= prompt.numel()
+        return -float(self.elbo_nll(model, seq, mc_samples, generator=generator, maskable=answer)[0])
+
+
+def rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Uniforms drawn on the generator's device, moved to `device`."""
+    dev = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=dev).to(device)
+
+
+def _load_builtin_processes() -> None:
+    from . import masked, uniform  # noqa: F401  (registration)
+
+
+def build_process(config: DiffusionConfig | None, model_config, *, mask_token_id: int | None = None) -> NoiseProcess:
+    """The one factory: the process named by `config.process` (default: masked), for a model whose config gives
+    the vocabulary size, mask token id (or pass `mask_token_id`) and `shift_logits`."""
+    config = config or DiffusionConfig()
+    _load_builtin_processes()
+    check_choice("diffusion.process", config.process, PROCESSES)
+    if mask_token_id is None:
+        mask_token_id = getattr(model_config, "mask_token_id", None)
+    return PROCESSES[config.process](
+        config,
+        vocab_size=getattr(model_config, "vocab_size", 0),
+        mask_token_id=mask_token_id,
+        shift_logits=getattr(model_config, "shift_logits", False),
+    )

@@ -1,0 +1,164 @@
+"""Uniform-state discrete diffusion (D3PM uniform transitions; the continuous-time ELBO of UDLM / DUO).
+
+Forward: each token stays itself with probability alpha(t), else becomes a token drawn uniformly from the
+vocabulary (N tokens): q_t(z | x) = alpha δ(z, x) + (1 - alpha) / N. There is no mask token, so every position
+is always a real token and any of them can change at any step: committed tokens get revised.
+
+Loss (continuous-time ELBO, in the denoising-score-entropy form of SEDD / UDLM): with the forward rate
+beta = -alpha'/alpha (jumps to each other token at beta/N), per position
+    l(t) = beta/N * sum_{y != z} [ s_y - a_y log s_y + K(a_y) ],   K(a) = a (log a - 1),
+where a_y = q_t(y | x) / q_t(z | x) is the true ratio and s_y = sum_x' p_theta(x' | z_t) q_t(y | x') / q_t(z | x')
+the model's (x0-parameterisation). With r = 1 + alpha N / (1 - alpha):
+    s_y = 1 + p_y (r - 1) + p_z (1/r - 1);  a_y = 1/r (z = x), else r at y = x and 1 elsewhere.
+-log p(x) <= integral over t in [0, 1] of the summed l(t) (+ a prior term that is 0 when alpha(1) = 0); like
+the masked process, the bound here integrates over [eps, 1]. A model that knows x exactly scores 0.
+The network is time-agnostic (it infers the noise level from the canvas, as MDLM's masked models do).
+
+Reverse step (t -> s on the grid 1 - i/steps of each block): z_s ~ q(z_s | z_t, x = p_theta), i.e.
+    p(z_s = y) ∝ (alpha_{t|s} δ(y, z_t) + (1 - alpha_{t|s}) / N) (alpha_s p_y + (1 - alpha_s) / N),
+drawn from each row's own generator (greedy, T = 0: p = one-hot argmax); the last step (s = 0) settles the block.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from .base import LossOutput, NoiseProcess, ReverseProcess, StepContext, StepResult, rand, register_process
+from .masked import align_logits
+from .policies import top_k_top_p_filter
+
+
+def score_entropy(logits: torch.Tensor, z: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor,
+                  beta: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Per-position ELBO integrand l(t) (float64, nats per unit time) for logits (M, N), noisy tokens z (M,),
+    clean tokens x (M,), alpha(t) and beta(t) = -alpha'/alpha (M,)."""
+    N = logits.shape[-1]
+    p = torch.softmax(logits.float(), dim=-1)
+    a = alpha.double()
+    r = 1.0 + a * N / (1.0 - a).clamp_min(1e-12)
+    p_z = p.gather(-1, z[:, None]).squeeze(-1).double()
+    s = 1.0 + p * (r - 1.0).float()[:, None] + (p_z * (1.0 / r - 1.0)).float()[:, None]
+    log_s = torch.log(s.clamp_min(1e-30))
+    sum_log = log_s.sum(-1).double() - log_s.gather(-1, z[:, None]).squeeze(-1).double()  # over y != z
+    log_s_x = log_s.gather(-1, x[:, None]).squeeze(-1).double()
+    sum_s = (N - 1) + (1.0 - p_z) * (r - 1.0) + (N - 1) * p_z * (1.0 / r - 1.0)
+    same = z == x
+    weighted_log = torch.where(same, sum_log / r, (r - 1.0) * log_s_x + sum_log)
+    inv_r = 1.0 / r
+    const = torch.where(same, (N - 1) * inv_r * (torch.log(inv_r) - 1.0), r * (torch.log(r) - 1.0) - (N - 2))
+    return beta.double() / N * (sum_s - weighted_log + const)
+
+
+@register_process
+class UniformDiffusion(NoiseProcess):
+    name = "uniform"
+
+    def __init__(self, config, mask_token_id=None, *, shift_logits: bool = False, vocab_size: int = 0):
+        if vocab_size < 2:
+            raise InputError("model.vocab_size", f"uniform diffusion needs the vocabulary size; got {vocab_size}")
+        super().__init__(config, vocab_size=vocab_size, mask_token_id=mask_token_id, shift_logits=shift_logits)
+
+    def reverse(self, config) -> "UniformReverse":
+        return UniformReverse(self, config)
+
+    def add_noise(self, x0, t, generator=None, maskable=None, shard=(0, 1)):
+        """Replace each maskable token, with probability 1 - alpha(t), by a uniformly drawn token. Returns
+        (x_t, resampled)."""
+        p = self.schedule.mask_prob(t)[:, None]
+        rank, world = shard
+        shape = (x0.shape[0] * world, *x0.shape[1:])
+        u = rand(shape, generator, x0.device)[rank::world]
+        draws = (rand(shape, generator, x0.device)[rank::world] * self.vocab_size).long().clamp(max=self.vocab_size - 1)
+        noised = u < p
+        if maskable is not None:
+            noised &= maskable
+        return torch.where(noised, draws, x0), noised
+
+    def _integrand(self, model, xt, x0, positions, t, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(l(t) at every selected position (M,), row of each)."""
+        logits = align_logits(model(xt, attention_mask=attention_mask), self.shift_logits)
+        rows = positions.nonzero()[:, 0]
+        t_rows = t.float()[rows]
+        alpha = self.schedule.alpha(t_rows)
+        beta = -self.schedule.alpha_prime(t_rows) / alpha.clamp_min(1e-12)
+        return score_entropy(logits[positions], xt[positions], x0[positions], alpha, beta), rows
+
+    def loss(self, model, input_ids, attention_mask=None, generator=None, shard=(0, 1)) -> LossOutput:
+        t = self.sample_t(input_ids.shape[0], generator, input_ids.device, shard)
+        scored = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        xt, noised = self.add_noise(input_ids, t, generator, scored, shard)
+        num_tokens = int(scored.sum())
+        ell, _ = self._integrand(model, xt, input_ids, scored, t, attention_mask)
+        return LossOutput((ell.sum() / max(num_tokens, 1)).float(), num_tokens, int(noised.sum()))
+
+    def sft_loss(self, model, input_ids, prompt_lengths, attention_mask=None, generator=None, shard=(0, 1),
+                 answer_mask=None) -> LossOutput:  # fmt: skip
+        B, L = input_ids.shape
+        if answer_mask is not None:
+            answer = answer_mask.to(device=input_ids.device, dtype=torch.bool)
+        else:
+            answer = torch.arange(L, device=input_ids.device)[None, :] >= prompt_lengths[:, None]
+        if attention_mask is not None and attention_mask.dim() == 2:
+            answer &= attention_mask.bool()
+        t = self.sample_t(B, generator, input_ids.device, shard)
+        xt, noised = self.add_noise(input_ids, t, generator, answer, shard)
+        ell, rows = self._integrand(model, xt, input_ids, answer, t, attention_mask)
+        per_row = torch.zeros(B, dtype=torch.float64, device=input_ids.device).index_add_(0, rows, ell)
+        loss = (per_row / answer.sum(1).clamp(min=1)).sum() / B
+        return LossOutput(loss.float(), int(answer.sum()), int(noised.sum()))
+
+    @torch.no_grad()
+    def elbo_nll(self, model, input_ids, num_samples: int = 8, attention_mask=None, generator=None, maskable=None):
+        """Upper bound on -log p(x) per sequence (nats), Monte-Carlo over t stratified in [eps, 1]; `maskable`
+        limits noise and scoring to those positions (-log p(x_maskable | the rest))."""
+        if num_samples < 1:
+            raise InputError("num_samples", f"got {num_samples}; must be >= 1")
+        B, eps = input_ids.shape[0], self.config.eps
+        if maskable is None:
+            maskable = (
+                attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+            )
+        total = torch.zeros(B, dtype=torch.float64, device=input_ids.device)
+        offset = rand((1,), generator, input_ids.device)
+        for k in range(num_samples):
+            t = (eps + (1.0 - eps) * ((offset + k / num_samples) % 1.0)).expand(B)
+            xt, _ = self.add_noise(input_ids, t, generator, maskable)
+            ell, rows = self._integrand(model, xt, input_ids, maskable, t, attention_mask)
+            total.index_add_(0, rows, ell)
+        return total * (1.0 - eps) / num_samples
+
+
+class UniformReverse(ReverseProcess):
+    """Ancestral sampling of the uniform process: every position of the active block is redrawn from the
+    posterior at each step (so tokens are revised), and the block settles at its last step (s = 0)."""
+
+    def init_canvas(self, length, generator):
+        N = self.process.vocab_size
+        return torch.randint(0, N, (length,), generator=generator, device=generator.device).tolist()
+
+    def step(self, ctx: StepContext) -> StepResult:
+        cfg, sched, N = self.config, self.process.schedule, self.process.vocab_size
+        logits = ctx.logits
+        if cfg.temperature == 0:
+            p = F.one_hot(logits.argmax(-1), N).float()
+        else:
+            p = torch.softmax(top_k_top_p_filter(logits / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
+        t = 1.0 - ctx.step.float() / ctx.steps
+        s = (1.0 - (ctx.step + 1).float() / ctx.steps).clamp(min=0.0)
+        a_t, a_s = sched.alpha(t), sched.alpha(s)
+        a_ts = (a_t / a_s.clamp_min(1e-12))[:, None, None]
+        a_s = a_s[:, None, None]
+        keep = F.one_hot(ctx.tokens, N).float()
+        post = (a_ts * keep + (1.0 - a_ts) / N) * (a_s * p + (1.0 - a_s) / N)
+        post = post / post.sum(-1, keepdim=True)
+        tokens = ctx.tokens.clone()
+        for i, g in enumerate(ctx.generators):
+            w = ctx.candidates[i]
+            if bool(w.any()):
+                draw = torch.multinomial(post[i, w].to(g.device), 1, True, generator=g).squeeze(-1)
+                tokens[i, w] = draw.to(tokens.device)
+        noisy = ctx.candidates & ~ctx.last_step[:, None]
+        changed = ctx.candidates & ((tokens != ctx.tokens) | ctx.last_step[:, None])
+        return StepResult(tokens=tokens, noisy=noisy, changed=changed)
