@@ -72,16 +72,16 @@ def test_requests_differing_only_in_ignore_eos_each_get_what_they_get_alone(ar):
         assert plain.usage.completion_tokens < ignoring.usage.completion_tokens == 16  # EOS ends only one
         assert plain.choices[0].text != ignoring.choices[0].text
         # Both wait behind a long request, so the worker admits them together: one batch if their keys matched.
-        long = dict(kw, prompt="def f(x):", max_tokens=400, extra_body=ignore)
-        with ThreadPoolExecutor(3) as ex:
-            blocker = ex.submit(c.completions.create, **long)
-            assert _wait_for(lambda: _health(s)["queue"] == 0 and not blocker.done(), 10)
-            time.sleep(0.2)
-            a = ex.submit(c.completions.create, **kw)
-            b = ex.submit(c.completions.create, **kw, extra_body=ignore)
-            assert _wait_for(lambda: _health(s)["queue"] == 2, 10) and not blocker.done()  # queued together
+        long = {"model": "builtin-ar", "prompt": "def f(x):", "max_tokens": 1000, "stream": True, **ignore}
+        with ThreadPoolExecutor(2) as ex, httpx.Client(timeout=120) as h:
+            with h.stream("POST", s.url + "/v1/completions", json=long) as r:
+                lines = r.iter_lines()
+                next(lines)  # the long one is running
+                a = ex.submit(c.completions.create, **kw)
+                b = ex.submit(c.completions.create, **kw, extra_body=ignore)
+                assert _wait_for(lambda: _health(s)["queue"] == 2, 10)  # queued together
+            # closing the stream drops the long one; the worker then admits the two waiting requests at once
             a, b = a.result(), b.result()
-            blocker.result()
         assert (a.choices[0].text, a.usage.completion_tokens) == (plain.choices[0].text, plain.usage.completion_tokens)
         assert (b.choices[0].text, b.usage.completion_tokens) == (ignoring.choices[0].text, 16)
     finally:
@@ -203,7 +203,7 @@ def test_causal_requests_time_out_like_diffusion_ones(lm, ar):
 
 def test_a_causal_client_that_disconnects_frees_its_slot(ar):
     s = Server(ar, model_name="builtin-ar", max_batch=1, max_queue=4)
-    body = {"model": "builtin-ar", "prompt": "def f(x):", "max_tokens": 900, "ignore_eos": True}
+    body = {"model": "builtin-ar", "prompt": "def f(x):", "max_tokens": 1000, "ignore_eos": True}
     try:
         with httpx.Client(timeout=120) as h:  # a stream, closed after its first chunk
             with h.stream("POST", s.url + "/v1/completions", json=dict(body, stream=True)) as r:
@@ -212,7 +212,7 @@ def test_a_causal_client_that_disconnects_frees_its_slot(ar):
                 assert _health(s)["running"] == 1
         assert _wait_for(lambda: _health(s)["running"] == 0, 3)
         with pytest.raises(httpx.ReadTimeout):  # a plain request whose client gives up
-            httpx.post(s.url + "/v1/completions", json=body, timeout=httpx.Timeout(60, read=1.0))
+            httpx.post(s.url + "/v1/completions", json=body, timeout=httpx.Timeout(60, read=0.5))
         assert _wait_for(lambda: _health(s)["running"] == 0, 3)
         m = httpx.get(s.url + "/metrics").text
         assert 'dlm_requests_total{status="cancelled"} 2.0' in m, m
