@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import InputError
 from .cache import KVCache
 from .config import ModelConfig
+from .masks import build_mask, key_positions
 
 
 class RMSNorm(nn.Module):
@@ -106,31 +107,16 @@ def build_attention_mask(
     Queries sit at key slots `q_slots` (B|1, q_len); by default they are the last q_len of k_len keys.
     Block-causal structure is computed on positions (`cumsum(mask) - 1` of the key mask), so left padding
     does not move block boundaries. A 4-D boolean mask is passed through unchanged (callers with special
-    structure, e.g. two-stream block diffusion, build their own). A query may always attend to itself, so
-    rows that are all padding stay finite.
+    structure, e.g. packing or two-stream block diffusion, build their own, with `dlm.model.masks`). A query
+    may always attend to itself, so rows that are all padding stay finite. The rule: `dlm.model.masks`.
     """
     if attention_mask is not None and attention_mask.dim() == 4:
         return attention_mask.to(torch.bool)
     if q_slots is None:
         q_slots = torch.arange(k_len - q_len, k_len, device=device)[None]
-    qi = q_slots[:, :, None]  # (B|1, Q, 1)
-    kj = torch.arange(k_len, device=device)[None, None, :]  # (1, 1, K)
-    if cfg.attention == "bidirectional":
-        structure = None
-    elif cfg.attention == "causal":
-        structure = kj <= qi
-    else:  # block_causal, on positions
-        if attention_mask is None:
-            k_pos = torch.arange(k_len, device=device)[None].expand(q_slots.shape[0], -1)
-        else:
-            k_pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        q_pos = k_pos.gather(1, q_slots.expand(k_pos.shape[0], -1))
-        structure = (k_pos[:, None, :] // cfg.block_size) <= (q_pos[:, :, None] // cfg.block_size)
-    if attention_mask is None:
-        return None if structure is None else structure[:, None]
-    keys = attention_mask.to(torch.bool)[:, None, :]  # (B, 1, K)
-    mask = keys if structure is None else keys & structure
-    return (mask | (kj == qi))[:, None]
+    return build_mask(
+        cfg.attention, k_len, q_slots=q_slots, key_mask=attention_mask, block_size=cfg.block_size, device=device
+    )
 
 
 class Transformer(nn.Module):
@@ -191,7 +177,7 @@ class Transformer(nn.Module):
         q_slots, k_len = cache.slots(B, L, x.device) if cache is not None else (None, L)
         if position_ids is None:
             if attention_mask is not None and attention_mask.dim() == 2:
-                key_pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                key_pos = key_positions(attention_mask, attention_mask.shape[1], x.device)
                 position_ids = key_pos[:, -L:] if q_slots is None else key_pos.gather(1, q_slots.expand(B, -1))
             else:
                 position_ids = (q_slots if q_slots is not None else torch.arange(L, device=x.device)[None]).expand(B, L)

@@ -1,0 +1,87 @@
+"""Attention masks, built in one place: an attention kind (bidirectional | causal | block_causal) composed
+with padding (a key mask) and packing (segment ids: several examples per row, each with its own positions).
+
+Rule for a query at key slot q and a key at slot k (True = may attend):
+
+    real(k) & same_segment(q, k) & structure(q, k)      or q == k (a query always sees itself)
+
+with structure: bidirectional → always; causal → k <= q (slots); block_causal → block(pos k) <= block(pos q),
+block(p) = p // block_size on positions, so left padding and packing never move block boundaries: each segment
+counts its own blocks from its own position 0. The network (`build_attention_mask`) and the trainer's packed
+view (`dlm.training.module.Segmented`) both call `build_mask`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import check_choice
+from .config import ATTENTION_KINDS
+
+
+def key_positions(key_mask: torch.Tensor | None, k_len: int, device, segment_ids: torch.Tensor | None = None):
+    """(B|1, K) long: the position of each key slot: the number of real keys (key_mask) before it in its segment
+    (left padding keeps a prompt's positions; a packed example starts at 0). Padding slots repeat a neighbour's."""
+    if key_mask is None and segment_ids is None:
+        return torch.arange(k_len, device=device)[None]
+    real = torch.ones_like(segment_ids, dtype=torch.long) if key_mask is None else key_mask.long()
+    count = real.cumsum(-1)  # real keys up to and including each slot
+    if segment_ids is not None:
+        start = torch.ones_like(segment_ids, dtype=torch.bool)
+        start[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+        before = count - real  # nondecreasing, so cummax carries each segment start's value forward
+        count = count - torch.where(start, before, torch.zeros_like(before)).cummax(-1).values
+    return (count - 1).clamp(min=0)
+
+
+def _gather(per_key: torch.Tensor, q_slots: torch.Tensor) -> torch.Tensor:
+    rows = max(per_key.shape[0], q_slots.shape[0])
+    return per_key.expand(rows, -1).gather(1, q_slots.expand(rows, -1))
+
+
+def build_mask(
+    kind: str,
+    k_len: int,
+    *,
+    q_slots: torch.Tensor | None = None,
+    key_mask: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    block_size: int = 1,
+    device=None,
+) -> torch.Tensor | None:
+    """Boolean (B|1, 1, Q, K) mask, True = may attend; None when nothing is masked (bidirectional, no padding,
+    no packing: attention's fast path).
+
+    q_slots (B|1, Q): the key slots the queries sit at (default: every slot, Q = K). key_mask (B, K): 1 for real
+    keys. segment_ids (B, K): packing; a query sees only keys of its own segment. positions (B, K): the keys'
+    positions for block_causal (default: `key_positions`, per segment). Rows that are all padding stay finite:
+    with a key mask a query always attends to itself.
+    """
+    device = (
+        device
+        if device is not None
+        else next((t.device for t in (q_slots, key_mask, segment_ids, positions) if t is not None), None)
+    )
+    if q_slots is None:
+        q_slots = torch.arange(k_len, device=device)[None]
+    qi = q_slots[:, :, None]  # (B|1, Q, 1)
+    kj = torch.arange(k_len, device=device)[None, None, :]  # (1, 1, K)
+    allowed = None
+    if kind == "causal":
+        allowed = kj <= qi
+    elif kind == "block_causal":
+        if positions is None:
+            positions = key_positions(key_mask, k_len, device, segment_ids)
+        blocks = positions // block_size
+        allowed = blocks[:, None, :] <= _gather(blocks, q_slots)[:, :, None]
+    else:
+        check_choice("model.attention", kind, ATTENTION_KINDS)
+    if segment_ids is not None:
+        same = segment_ids[:, None, :] == _gather(segment_ids, q_slots)[:, :, None]
+        allowed = same if allowed is None else same & allowed
+    if key_mask is None:
+        return None if allowed is None else allowed[:, None]
+    keys = key_mask.to(torch.bool)[:, None, :]  # (B, 1, K)
+    mask = keys if allowed is None else keys & allowed
+    return (mask | (kj == qi))[:, None]
