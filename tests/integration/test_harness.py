@@ -88,3 +88,32 @@ def test_simple_evaluate_runs_a_local_task_file(tmp_path, ar):
     assert 0.5 <= mc["acc,none"] <= 1.0  # the AR twin prefers code to line noise
     assert 0.0 <= gen["exact_match,none"] <= 1.0
     assert len(res["samples"]["dlm_tiny_gen"]) == len(QUESTIONS)
+
+
+def test_causal_rolling_loglikelihood_scores_every_token_once(ar, monkeypatch):
+    """Exact: the whole text's log-likelihood, its first token given BOS/EOS; with a context shorter than the
+    text, windows overlapping by one token still score every token once (a uniform model shows it)."""
+    text = "def add(a, b):\n    return a + b\n"
+    ids = ar.tok.encode_prompt(text)
+    c = ar.model.config
+    prefix = c.bos_token_id if c.bos_token_id is not None else c.eos_token_id
+    with torch.no_grad():
+        logp = F.log_softmax(ar.model(torch.tensor([[prefix, *ids]]))[0].float(), -1)
+    want = sum(float(logp[j, tok]) for j, tok in enumerate(ids))
+    (got,) = ar.loglikelihood_rolling([Req(text)])
+    assert len(ids) < c.max_seq_len and math.isclose(got, want, rel_tol=1e-5)
+
+    class Uniform(torch.nn.Module):  # log p = -log V for every token: the total counts the scored tokens
+        config = c
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return torch.zeros(*x.shape, c.vocab_size) + self.w
+
+    monkeypatch.setattr(ar, "model", Uniform())
+    monkeypatch.setattr(c, "max_seq_len", 5)
+    (got,) = ar.loglikelihood_rolling([Req(text)])
+    assert math.isclose(got, -len(ids) * math.log(c.vocab_size), rel_tol=1e-6)

@@ -9,7 +9,8 @@
   mask l ~ U{1..A} of the continuation's A tokens, masked cross-entropy scaled by A / l, averaged over
   `mc_samples` draws from a generator seeded per request). `is_greedy` for a diffusion model: with the whole
   continuation masked, one forward's argmax gives every continuation token.
-- `loglikelihood_rolling`: exact for causal models; for diffusion models, minus the ELBO bound of each window
+- `loglikelihood_rolling`: exact for causal models (every token scored once, the first given BOS/EOS, in windows
+  of the model's context that overlap by one token); for diffusion models, minus the ELBO bound of each window
   of the model's context (a lower bound on the log-likelihood).
 - `generate_until`: the dlm sampler with the model's generation defaults, overridable through model_args
   (steps, block_length, policy, threshold, cache, temperature); `max_gen_toks` becomes gen_length (rounded
@@ -22,7 +23,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 try:
     from lm_eval.api.model import LM
@@ -32,6 +32,7 @@ except ImportError as e:  # pragma: no cover - the adapter is optional
 
 from ..diffusion import build_process
 from ..errors import InputError
+from .nll import next_token_nll, rolling_windows
 
 GEN_KEYS = ("steps", "block_length", "policy", "threshold", "cache", "temperature", "top_p", "top_k", "cfg_scale")
 
@@ -97,17 +98,17 @@ class DLMEvalLM(LM):
     def _dev(self):
         return next(self.model.parameters()).device
 
+    def _prefix_token(self) -> int:
+        """What a causal model conditions the first token on (BOS, else EOS), as lm-eval's HF model does."""
+        c = self.model.config
+        return c.bos_token_id if c.bos_token_id is not None else c.eos_token_id
+
     @torch.no_grad()
     def _causal_ll(self, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
-        if not ctx:  # nothing to condition on: start from BOS (or EOS), as lm-eval's HF model does
-            c = self.model.config
-            ctx = [c.bos_token_id if c.bos_token_id is not None else c.eos_token_id]
+        ctx = ctx or [self._prefix_token()]  # nothing to condition on: start from the prefix token
         ids = torch.tensor([ctx + cont], device=self._dev())
-        logp = F.log_softmax(self.model(ids)[0].float(), dim=-1)
-        pred = logp[len(ctx) - 1 : -1]
-        target = torch.tensor(cont, device=pred.device)
-        ll = float(pred.gather(1, target[:, None]).sum())
-        return ll, bool((pred.argmax(-1) == target).all())
+        nll, hit = next_token_nll(self.model, ids, greedy=True)
+        return -float(nll[0, len(ctx) - 1 :].sum()), bool(hit[0, len(ctx) - 1 :].all())
 
     @torch.no_grad()
     def _diffusion_ll(self, ctx: list[int], cont: list[int], index: int) -> tuple[float, bool]:
@@ -138,12 +139,12 @@ class DLMEvalLM(LM):
         for i, req in enumerate(requests):
             ids = self.tok.encode_prompt(req.args[0])
             total = 0.0
-            for a in range(0, len(ids), L):
-                window = torch.tensor([ids[a : a + L]], device=self._dev())
-                if self.lm.is_causal:
-                    logp = F.log_softmax(self.model(window)[0].float(), dim=-1)
-                    total += float(logp[:-1].gather(1, window[0, 1:, None]).sum())
-                else:
+            if self.lm.is_causal:  # every token scored once, the first given the prefix token
+                for window in rolling_windows(ids, self._prefix_token(), L):
+                    total -= float(next_token_nll(self.model, torch.tensor([window], device=self._dev())).sum())
+            else:
+                for a in range(0, len(ids), L):
+                    window = torch.tensor([ids[a : a + L]], device=self._dev())
                     g = torch.Generator(device=self._dev()).manual_seed(self.seed * 1_000_003 + i)
                     total -= float(self.diffusion.elbo_nll(self.model, window, self.mc_samples, generator=g)[0])
             out.append(total)

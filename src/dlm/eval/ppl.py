@@ -6,10 +6,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..diffusion import DiffusionConfig, build_process
 from ..errors import InputError
+from .nll import next_token_nll
 
 
 @dataclass
@@ -58,10 +58,7 @@ def perplexity(
     for i in range(0, windows.shape[0], batch_size):
         ids = windows[i : i + batch_size].to(device)
         if causal:
-            logits = model(ids).float()
-            nll += float(
-                F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
-            )
+            nll += float(next_token_nll(model, ids).sum())
             tokens += ids[:, 1:].numel()
         else:
             nll += float(diff.elbo_nll(model, ids, samples, generator=gen).sum())
