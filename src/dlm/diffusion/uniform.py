@@ -30,25 +30,69 @@ from .masked import align_logits
 from .policies import top_k_top_p_filter
 
 
-def score_entropy(logits: torch.Tensor, z: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor,
-                  beta: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """Per-position ELBO integrand l(t) (float64, nats per unit time) for logits (M, N), noisy tokens z (M,),
-    clean tokens x (M,), alpha(t) and beta(t) = -alpha'/alpha (M,)."""
+def _rows_integrand(logits: torch.Tensor, z, x, alpha, beta, want_grad: bool):
+    """l(t) (float64) for a chunk of rows, and with want_grad its gradient w.r.t. the logits (float32)."""
     N = logits.shape[-1]
     p = torch.softmax(logits.float(), dim=-1)
     a = alpha.double()
     r = 1.0 + a * N / (1.0 - a).clamp_min(1e-12)
+    c1, c2 = r - 1.0, 1.0 / r - 1.0
     p_z = p.gather(-1, z[:, None]).squeeze(-1).double()
-    s = 1.0 + p * (r - 1.0).float()[:, None] + (p_z * (1.0 / r - 1.0)).float()[:, None]
-    log_s = torch.log(s.clamp_min(1e-30))
-    sum_log = log_s.sum(-1).double() - log_s.gather(-1, z[:, None]).squeeze(-1).double()  # over y != z
-    log_s_x = log_s.gather(-1, x[:, None]).squeeze(-1).double()
-    sum_s = (N - 1) + (1.0 - p_z) * (r - 1.0) + (N - 1) * p_z * (1.0 / r - 1.0)
+    s = (p * c1.float()[:, None] + (1.0 + p_z * c2).float()[:, None]).clamp_min(1e-30)  # s_y for y != z
+    log_s = torch.log(s)
+    at_z = F.one_hot(z, N).bool()
+    sum_log = log_s.masked_fill(at_z, 0.0).sum(-1).double()  # over y != z
     same = z == x
-    weighted_log = torch.where(same, sum_log / r, (r - 1.0) * log_s_x + sum_log)
+    log_s_x = log_s.gather(-1, x[:, None]).squeeze(-1).double()
+    sum_s = (N - 1) + (1.0 - p_z) * c1 + (N - 1) * p_z * c2
+    weighted_log = torch.where(same, sum_log / r, c1 * log_s_x + sum_log)
     inv_r = 1.0 / r
     const = torch.where(same, (N - 1) * inv_r * (torch.log(inv_r) - 1.0), r * (torch.log(r) - 1.0) - (N - 2))
-    return beta.double() / N * (sum_s - weighted_log + const)
+    scale = beta.double() / N
+    value = scale * (sum_s - weighted_log + const)
+    if not want_grad:
+        return value, None
+    # d l / d p_y = scale * c1 (1 - a_y / s_y) for y != z;  d l / d p_z = scale * c2 ((N-1) - sum_{y != z} a_y / s_y)
+    a_y = torch.where(same, inv_r, torch.ones_like(r)).float()[:, None].expand_as(s).clone()
+    a_y.scatter_(-1, x[:, None], torch.where(same, inv_r, r).float()[:, None])
+    w = (a_y / s).masked_fill_(at_z, 0.0)
+    g = c1.float()[:, None] * (1.0 - w)
+    g_z = (N - 1) * c2 - c2 * w.sum(-1).double()
+    g.scatter_(-1, z[:, None], g_z.float()[:, None])
+    grad = p * (g - (p * g).sum(-1, keepdim=True)) * scale.float()[:, None]  # through the softmax
+    return value, grad
+
+
+class _ScoreEntropy(torch.autograd.Function):
+    """The integrand for all rows, chunk by chunk, with its gradient computed in the same pass (the (M, N)
+    intermediates of one chunk at a time, as a fused cross-entropy does)."""
+
+    @staticmethod
+    def forward(ctx, logits, z, x, alpha, beta, chunk: int):
+        want = logits.requires_grad
+        out = torch.empty(logits.shape[0], dtype=torch.float64, device=logits.device)
+        grad = torch.empty(logits.shape, dtype=torch.float32, device=logits.device) if want else None
+        for i in range(0, logits.shape[0], chunk):
+            sl = slice(i, i + chunk)
+            out[sl], g = _rows_integrand(logits[sl], z[sl], x[sl], alpha[sl], beta[sl], want)
+            if want:
+                grad[sl] = g
+        if want:
+            ctx.save_for_backward(grad)
+            ctx.logits_dtype = logits.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_out.float()[:, None]).to(ctx.logits_dtype), None, None, None, None, None
+
+
+def score_entropy(logits: torch.Tensor, z: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor,
+                  beta: torch.Tensor, chunk: int = 256) -> torch.Tensor:  # fmt: skip
+    """Per-position ELBO integrand l(t) (float64, nats per unit time) for logits (M, N), noisy tokens z (M,),
+    clean tokens x (M,), alpha(t) and beta(t) = -alpha'/alpha (M,); differentiable w.r.t. the logits."""
+    return _ScoreEntropy.apply(logits, z, x, alpha.float(), beta.float(), chunk)
 
 
 @register_process
