@@ -13,6 +13,7 @@ from ..errors import ConfigError, InputError, check_choice, check_positive
 from ..model import ModelConfig
 from ..sampling import GenerationConfig
 from .data import DataConfig
+from .objectives import OBJECTIVES
 
 
 @dataclass
@@ -42,7 +43,9 @@ class OptimConfig:
 
 @dataclass
 class LoopConfig:
-    objective: str = "diffusion"  # diffusion | ar (the autoregressive twin: causal attention, next-token CE)
+    objective: str = (
+        "diffusion"  # a registered objective (objectives.py): diffusion | ar (the AR twin: causal, next-token CE)
+    )
     batch_size: int = 16  # sequences per micro-batch
     grad_accum: int = 1
     max_steps: int = 1000  # optimizer steps
@@ -67,7 +70,7 @@ class LoopConfig:
     activation_checkpointing: bool = False  # recompute each block's activations in backward
 
     def __post_init__(self):
-        check_choice("train.objective", self.objective, ("diffusion", "ar"))
+        check_choice("train.objective", self.objective, OBJECTIVES)
         check_choice("train.dtype", self.dtype, ("bf16", "fp32"))
         check_choice("train.device", self.device, ("auto", "cpu", "cuda", "mps"))
         check_choice("train.distributed", self.distributed, ("ddp", "fsdp"))

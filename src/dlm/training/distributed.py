@@ -127,6 +127,41 @@ def fully_shard_model(root: nn.Module, blocks: list[nn.Module], mixed_precision:
     fully_shard(root, mesh=mesh, mp_policy=mp)
 
 
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks: FSDP2's and activation checkpointing's units, torch.compile's under torchrun."""
+    from ..model.transformer import Block
+
+    return [m for m in model.modules() if isinstance(m, Block)]
+
+
+def compile_model(model: nn.Module, env: DistEnv):
+    """train.compile: the compiled view of the model (one process), or None after compiling block by block in
+    place (torchrun: so FSDP2/DDP hooks stay outside the graphs)."""
+    if env.distributed:
+        for layer in blocks(model):
+            layer.compile()
+        return None
+    return torch.compile(model)
+
+
+def wrap(module: nn.Module, train, env: DistEnv, device: torch.device) -> nn.Module:
+    """The training module as the step loop drives it: activation checkpointing of each block
+    (train.activation_checkpointing), then DDP or FSDP2 (train.distributed) under torchrun."""
+    from ..model.transformer import Block
+
+    if train.activation_checkpointing:
+        apply_activation_checkpointing(module, Block)
+    if not env.distributed:
+        return module
+    if train.distributed == "fsdp":
+        fully_shard_model(module, blocks(module), train.dtype, device)
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)
+
+
 def full_norm(value) -> float:
     """A gradient norm as a float (FSDP2 returns a DTensor)."""
     if hasattr(value, "full_tensor"):
