@@ -43,9 +43,7 @@ class OptimConfig:
 
 @dataclass
 class LoopConfig:
-    objective: str = (
-        "diffusion"  # a registered objective (objectives.py): diffusion | ar (the AR twin: causal, next-token CE)
-    )
+    objective: str = "diffusion"  # registered in objectives.py: diffusion | ar (the AR twin: causal, next-token CE)
     batch_size: int = 16  # sequences per micro-batch
     grad_accum: int = 1
     max_steps: int = 1000  # optimizer steps
