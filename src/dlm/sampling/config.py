@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError, check_choice, check_positive
 
-CACHE_MODES = ("none", "prefix", "dual")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -98,6 +97,8 @@ class GenerationConfig:
         check_choice("proposal", self.proposal, PROPOSALS)
         if not 0.0 <= self.schedule_eps < 1.0:
             raise ConfigError("schedule_eps", f"got {self.schedule_eps}; must be in [0, 1)")
-        check_choice("cache", self.cache, CACHE_MODES)
+        from .caches import CACHES
+
+        check_choice("cache", self.cache, CACHES)
         check_positive("cache_refresh", self.cache_refresh, allow_zero=True)
         check_choice("dtype", self.dtype, DTYPES)

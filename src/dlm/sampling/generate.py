@@ -255,14 +255,11 @@ class Denoiser:
 
     def _logits(self, query_slots, block_start, with_text) -> torch.Tensor:
         """Float32 logits at the query slots, with CFG and the logits processors applied."""
-        r, runner = self.rows, self.runner
+        r = self.rows
         idx = (query_slots - 1).clamp(min=0) if self.shift else query_slots
-        refresh = window_start = window_end = None
-        if runner.cache is not None:
-            refresh = runner.needs_refresh(r.step) | with_text
-            lo = (block_start - int(self.shift)).clamp(min=0)
-            window_start, window_end = runner.window(lo, block_start + self.block_length, r.positions)
-        logits = runner.logits(r.tokens, r.attention, r.positions, r.cfg_hidden, idx, refresh, window_start, window_end)
+        lo = (block_start - int(self.shift)).clamp(min=0)
+        logits = self.runner.logits(r.tokens, r.attention, r.positions, r.cfg_hidden, idx, r.step, lo,
+                                    block_start + self.block_length, with_text)  # fmt: skip
         for proc in self.logits_processors:
             logits = proc(r.tokens, logits, query_slots)
         return logits

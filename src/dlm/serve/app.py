@@ -30,9 +30,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..sampling import POLICIES
+from ..sampling.caches import CACHES
 from .engine import Engine, Job, QueueFull
 
-CACHES = ("none", "prefix", "dual")
 MAX_BODY_BYTES = 1 << 20  # default request body limit (1 MiB)
 CHARS_PER_TOKEN = 32  # default prompt limit: this many characters per token of the model's context
 PLAYGROUND = (Path(__file__).parent / "static" / "index.html").read_text()
@@ -64,7 +64,7 @@ class Settings(BaseModel):
     @field_validator("policy", "cache")
     @classmethod
     def _known(cls, v, info):
-        allowed = sorted(POLICIES) if info.field_name == "policy" else list(CACHES)
+        allowed = sorted(POLICIES) if info.field_name == "policy" else sorted(CACHES)
         if v is not None and v not in allowed:
             raise ValueError(f"unknown {info.field_name} {v!r}; allowed: {', '.join(allowed)}")
         return v

@@ -1,0 +1,129 @@
+"""Sampling caches for the reverse loop: one class each, registered by name (GenerationConfig.cache).
+
+A cache decides what each step's forward recomputes. `none` runs the whole canvas every step (the reference).
+`prefix` and `dual` keep every slot's K/V (`dlm.model.CanvasCache`, through the model's KV-cache hook): a row
+*refreshes* (recomputes the whole canvas) when it starts a block and every `cache_refresh` steps inside it, and
+otherwise recomputes only a window — `prefix`: from its active block to the end of the canvas; `dual`: the
+active block only — attending to the cached K/V of every other slot (Fast-dLLM's approximate caches; exact for
+block-causal models, whose window is widened to whole model blocks). A new cache is one class here plus
+`@register_cache`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..model import CanvasCache
+
+CACHES: dict[str, type["SamplingCache"]] = {}
+
+
+def register_cache(cls):
+    CACHES[cls.name] = cls
+    return cls
+
+
+class SamplingCache:
+    """No cache: every step runs the whole canvas."""
+
+    name = "none"
+
+    def __init__(self, model, length: int, refresh_every: int, cfg_scale: float):
+        self.length, self.refresh_every, self.cfg = length, refresh_every, cfg_scale > 0
+
+    def plan(self, step, block_start, block_end, positions, force_refresh):
+        """(refresh (R,), window start (R,), window end (R,)) for this step, or Nones when nothing is cached."""
+        return None, None, None
+
+    def forward(self, fn, x, am, pos, idx, refresh, ws, we):
+        return fn(x, attention_mask=am, logits_index=idx)
+
+    def grow(self, shift: int, live: int, new: int) -> None:
+        """Rows joined: the canvas grew by `shift` slots on the left and `new` rows follow the `live` ones."""
+        self.length += shift
+
+    def select_rows(self, keep: torch.Tensor, live: int) -> None:
+        """Keep live rows `keep` (of `live`)."""
+
+
+class _CanvasWindowCache(SamplingCache):
+    """K/V of every slot, refreshed per row; a window of slots recomputed at the other steps."""
+
+    def __init__(self, model, length, refresh_every, cfg_scale):
+        super().__init__(model, length, refresh_every, cfg_scale)
+        if not getattr(model, "supports_canvas_cache", False):
+            raise ConfigError(
+                "cache", f"{type(model).__name__} has no canvas-cache hook for {self.name!r}; use 'none'"
+            )
+        cfg = getattr(model, "config", None)
+        self.block_causal = getattr(cfg, "attention", None) == "block_causal"
+        self.model_block = int(getattr(cfg, "block_size", 1) or 1)
+        self.store = CanvasCache(length)
+
+    def window_end(self, block_end: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def plan(self, step, block_start, block_end, positions, force_refresh):
+        refresh = (step == 0) | force_refresh
+        if self.refresh_every:
+            refresh = refresh | (step % self.refresh_every == 0)
+        ws, we = block_start, self.window_end(block_end)
+        if self.block_causal:  # whole model blocks: a slot's K/V depend only on its own and earlier blocks
+            ws = ws - positions.gather(1, ws[:, None]).squeeze(1) % self.model_block
+            last = positions.gather(1, (we - 1)[:, None]).squeeze(1)
+            we = (we + self.model_block - 1 - last % self.model_block).clamp(max=self.length)
+        return refresh, ws, we
+
+    def forward(self, fn, x, am, pos, idx, refresh, ws, we):
+        if bool(refresh.all()):
+            return fn(x, attention_mask=am, cache=self.store.refresh(), logits_index=idx)
+        width = int((we - ws).max())
+        slots = torch.minimum(ws[:, None] + torch.arange(width, device=x.device)[None], (we - 1)[:, None])
+        out = fn(
+            x.gather(1, slots),
+            attention_mask=am,
+            position_ids=pos.gather(1, slots),
+            cache=self.store.window(slots),
+            logits_index=(idx - ws[:, None]).clamp(0, width - 1),
+        )
+        if bool(refresh.any()):  # these rows ran in the window pass too (results unused), then recompute all
+            f = torch.nonzero(refresh).flatten()
+            full = fn(x[f], attention_mask=am[f], cache=self.store.refresh(f), logits_index=idx[f])
+            out = out.index_copy(0, f, full.to(out.dtype))
+        return out
+
+    def grow(self, shift, live, new):
+        """Existing rows' K/V move right (the new slots are padding, never attended); new rows get zero K/V until
+        their first step, which refreshes them; CFG's unconditional rows stay in the second half."""
+        super().grow(shift, live, new)
+        self.store.length = self.length
+        for kv in (self.store.keys, self.store.values):
+            for layer, t in kv.items():
+                t = F.pad(t, (0, 0, shift, 0))
+                z = t.new_zeros((new, *t.shape[1:]))
+                kv[layer] = torch.cat([t[:live], z, t[live:], z]) if self.cfg else torch.cat([t, z])
+
+    def select_rows(self, keep, live):
+        if self.store.keys:  # CFG's unconditional rows follow their rows
+            self.store.select_rows(torch.cat([keep, keep + live]) if self.cfg else keep)
+
+
+@register_cache
+class PrefixCache(_CanvasWindowCache):
+    name = "prefix"
+
+    def window_end(self, block_end):
+        return torch.full_like(block_end, self.length)
+
+
+@register_cache
+class DualCache(_CanvasWindowCache):
+    name = "dual"
+
+    def window_end(self, block_end):
+        return block_end
+
+
+register_cache(SamplingCache)
