@@ -1,4 +1,4 @@
-"""`dlm serve`: an OpenAI-compatible server with step-level continuous batching (see app.py, engine.py)."""
+"""`dlm serve`: an OpenAI-compatible server with step-level continuous batching (app.py: routes; engine.py)."""
 
 from .app import create_app
 

@@ -9,195 +9,31 @@ Bad input never costs the server more than a bounded amount of work: bodies over
 (by Content-Length, or as soon as a chunked body passes it), text that is not valid Unicode (a lone surrogate
 such as JSON's "\\udcff") and prompts over `max_prompt_chars` get a 400 before anything is tokenised, a request
 for more completions than the queue can ever hold gets a 400, and tokenising runs off the event loop.
+
+This module holds the routes and `create_app`; the request bodies are in schemas.py, the error shape and its
+handlers in errors.py, the input limits (middleware, text checks, tokenising off the loop) in limits.py, the
+batching in engine.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import time
 import uuid
+from functools import partial
 from pathlib import Path
-from typing import Literal
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 
-from ..sampling import POLICIES
-from ..sampling.caches import CACHES
 from .engine import Engine, Job, QueueFull
+from .errors import APIError, add_error_handlers
+from .limits import CHARS_PER_TOKEN, MAX_BODY_BYTES, APIKey, BodyLimit, check_chars, check_text, tokenize
+from .schemas import ChatRequest, CompletionRequest, DenoiseRequest, Settings
 
-MAX_BODY_BYTES = 1 << 20  # default request body limit (1 MiB)
-CHARS_PER_TOKEN = 32  # default prompt limit: this many characters per token of the model's context
 PLAYGROUND = (Path(__file__).parent / "static" / "index.html").read_text()
-
-
-class Settings(BaseModel):
-    """Fields shared by completions and chat completions."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    max_tokens: int = Field(64, ge=1, le=4096)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=0, le=2**62)
-    n: int = Field(1, ge=1, le=16)
-    stop: str | list[str] | None = None
-    stream: bool = False
-    user: str | None = None
-    # diffusion settings (dlm extensions)
-    steps: int | None = Field(None, ge=1, le=4096)
-    block_length: int | None = Field(None, ge=1, le=4096)
-    policy: str | None = None
-    threshold: float | None = Field(None, gt=0.0, le=1.0)
-    cfg_scale: float | None = Field(None, ge=0.0, le=20.0)
-    cache: str | None = None
-    ignore_eos: bool = False  # as in vLLM: generate max_tokens even past EOS
-
-    @field_validator("policy", "cache")
-    @classmethod
-    def _known(cls, v, info):
-        allowed = sorted(POLICIES) if info.field_name == "policy" else sorted(CACHES)
-        if v is not None and v not in allowed:
-            raise ValueError(f"unknown {info.field_name} {v!r}; allowed: {', '.join(allowed)}")
-        return v
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, v):
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return v
-
-
-class CompletionRequest(Settings):
-    prompt: str | list[str]
-
-
-class DenoiseRequest(Settings):
-    prompt: str
-    suffix: str | None = None  # infilling: the text after the generated span (diffusion models only)
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class ChatRequest(Settings):
-    messages: list[Message] = Field(min_length=1)
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, headers=None):
-        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
-
-
-class _ASCIIJSONResponse(JSONResponse):
-    """JSON with non-ASCII escaped: an error that quotes bad input (a lone surrogate) still encodes."""
-
-    def render(self, content) -> bytes:
-        return json.dumps(content, separators=(",", ":")).encode("ascii")
-
-
-def _error(status, message, param=None, code=None, headers=None) -> JSONResponse:
-    kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
-        status, "invalid_request_error" if status < 500 else "server_error"
-    )
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return _ASCIIJSONResponse(body, status_code=status, headers=headers)
-
-
-def _bad_text(value, path: str = "") -> str | None:
-    """The path (`prompt`, `prompt[1]`, `messages[0].content`) of the first string that is not valid Unicode
-    (a lone surrogate: JSON allows "\\udcff", UTF-8 and the tokenizer do not), else None."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            if (bad := _bad_text(v, f"{path}.{k}" if path else str(k))) is not None:
-                return bad
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            if (bad := _bad_text(v, f"{path}[{i}]")) is not None:
-                return bad
-    return None
-
-
-class _APIKey:
-    """ASGI middleware: /v1/* needs `Authorization: Bearer KEY`. The header's bytes, as sent, are compared with
-    the expected ones (KEY as UTF-8) in constant time."""
-
-    def __init__(self, app, key: str, on_reject=None):
-        self.app, self.expected, self.on_reject = app, f"Bearer {key}".encode(), on_reject
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            sent = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"")
-            if not hmac.compare_digest(sent, self.expected):
-                if self.on_reject:
-                    self.on_reject()
-                msg = "missing or wrong API key (Authorization: Bearer KEY)"
-                return await _error(401, msg, None, "invalid_api_key")(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
-class _BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes gets a 413 without being read (by Content-Length) or
-    as soon as the bytes read pass the limit (a chunked body). The body is read here, whole, and handed on."""
-
-    def __init__(self, app, limit: int, on_reject=None):
-        self.app, self.limit, self.on_reject = app, limit, on_reject
-
-    async def _reject(self, scope, receive, send) -> None:
-        if self.on_reject:
-            self.on_reject()
-        msg = f"request body is larger than this server's limit of {self.limit} bytes"
-        await _error(413, msg, "body", "request_too_large")(scope, receive, send)
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    if int(value) > self.limit:
-                        return await self._reject(scope, receive, send)
-                except ValueError:
-                    pass
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client left before its body arrived
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                return await self._reject(scope, receive, send)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body, sent = b"".join(chunks), False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # then http.disconnect, when it comes
-
-        await self.app(scope, replay, send)
 
 
 def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, max_batch: int = 8,
@@ -224,33 +60,15 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
     defaults = lm.generation_config
     limit = lm.model.config.max_seq_len
     max_chars = max_prompt_chars if max_prompt_chars is not None else CHARS_PER_TOKEN * limit
+    _check_chars = partial(check_chars, max_chars=max_chars, context=limit)
 
-    @app.exception_handler(APIError)
-    async def _api_error(request, e: APIError):
-        metrics.requests.labels(str(e.status)).inc()
-        return _error(e.status, e.message, e.param, e.code, e.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request, e: StarletteHTTPException):  # unknown path, wrong method: same error shape
-        metrics.requests.labels(str(e.status_code)).inc()
-        return _error(e.status_code, str(e.detail), None, None, getattr(e, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, e: RequestValidationError):
-        err = e.errors()[0] if e.errors() else {}
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        param = ".".join(loc) or "body"
-        msg = err.get("msg", "invalid request")
-        if err.get("type") == "json_invalid":
-            param, msg = "body", f"malformed JSON: {msg}"
-        metrics.requests.labels("400").inc()
-        return _error(400, f"{param}: {msg}", param, err.get("type"))
+    add_error_handlers(app, metrics)
 
     # Plain ASGI middleware (no BaseHTTPMiddleware: under it request.is_disconnected() never sees the client
     # leave). The key check is outermost: a client without the key gets its 401 before its body is read.
-    app.add_middleware(_BodyLimit, limit=max_body_bytes, on_reject=lambda: metrics.requests.labels("413").inc())
+    app.add_middleware(BodyLimit, limit=max_body_bytes, on_reject=lambda: metrics.requests.labels("413").inc())
     if api_key:
-        app.add_middleware(_APIKey, key=api_key, on_reject=lambda: metrics.requests.labels("401").inc())
+        app.add_middleware(APIKey, key=api_key, on_reject=lambda: metrics.requests.labels("401").inc())
 
     # ---- helpers ---------------------------------------------------------------------------------
     def _config(s: Settings):
@@ -279,9 +97,7 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
     def _check(s: Settings, n_prompts: int):
         """Checks that need no tokenising, before any: valid Unicode, the model and settings (the config is
         returned), and a number of completions the queue can ever hold."""
-        if (bad := _bad_text(s.model_dump())) is not None:
-            raise APIError(400, f"{bad}: not valid Unicode text (it holds a lone surrogate such as \\udcff)", bad,
-                           "invalid_text")  # fmt: skip
+        check_text(s.model_dump())
         cfg = _config(s)
         total = n_prompts * s.n
         if total > engine.max_queue:
@@ -290,19 +106,6 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
                                 f"queues at most {engine.max_queue} at once (--max-queue): split the request",
                            param, "too_many_completions")  # fmt: skip
         return cfg
-
-    def _check_chars(text: str, param: str, total: int | None = None) -> None:
-        n = len(text) if total is None else total
-        if n > max_chars:
-            raise APIError(400, f"{param}: {n} characters; this server takes at most {max_chars} (the model's "
-                                f"context is {limit} tokens)", param, "context_length_exceeded")  # fmt: skip
-
-    async def _tokenize(fn, param: str):
-        """Tokenise in a worker thread: a long prompt must not stall the event loop (every stream)."""
-        try:
-            return await run_in_threadpool(fn)
-        except Exception as e:  # input the tokenizer rejects is bad input, not a server error
-            raise APIError(400, f"{param}: {e}", param) from None
 
     def _jobs(prompts_ids: list[list[int]], s: Settings, cfg, frames: bool, suffix: list[int] | None = None,
               param: str = "prompt") -> list[Job]:  # fmt: skip
@@ -419,7 +222,7 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
         cfg = _check(body, len(prompts))
         for i, p in enumerate(prompts):
             _check_chars(p, "prompt" if isinstance(body.prompt, str) else f"prompt[{i}]")
-        ids = await _tokenize(lambda: [tok.encode_prompt(p) for p in prompts], "prompt")
+        ids = await tokenize(lambda: [tok.encode_prompt(p) for p in prompts], "prompt")
         jobs = _jobs(ids, body, cfg, body.stream)
         rid, now = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         base = {"id": rid, "object": "text_completion", "created": now, "model": model_name}
@@ -446,7 +249,7 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
         for i, m in enumerate(msgs):
             total += len(m["content"])
             _check_chars(m["content"], f"messages[{i}].content", total)
-        ids = await _tokenize(
+        ids = await tokenize(
             lambda: tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)), "messages"
         )
         jobs = _jobs([ids], body, cfg, body.stream, param="messages")
@@ -487,8 +290,8 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
             if lm.is_causal:
                 raise APIError(400, "a causal (autoregressive) model cannot fill before a suffix", "suffix")
             _check_chars(body.suffix, "suffix", len(body.prompt) + len(body.suffix))
-            suffix = await _tokenize(lambda: tok.encode(body.suffix), "suffix")
-        ids = await _tokenize(lambda: tok.encode_prompt(body.prompt), "prompt")
+            suffix = await tokenize(lambda: tok.encode(body.suffix), "suffix")
+        ids = await tokenize(lambda: tok.encode_prompt(body.prompt), "prompt")
         (job,) = _jobs([ids], body, cfg, True, suffix)
         mask = lm.model.config.mask_token_id
 

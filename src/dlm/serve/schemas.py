@@ -1,0 +1,69 @@
+"""Request bodies of the HTTP API (pydantic): the OpenAI fields plus the diffusion settings (dlm extensions),
+validated alike; an unknown field, a value out of range or an unknown policy/cache name is a 400 naming it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..sampling import POLICIES
+from ..sampling.caches import CACHES
+
+
+class Settings(BaseModel):
+    """Fields shared by completions and chat completions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    max_tokens: int = Field(64, ge=1, le=4096)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=2**62)
+    n: int = Field(1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    user: str | None = None
+    # diffusion settings (dlm extensions)
+    steps: int | None = Field(None, ge=1, le=4096)
+    block_length: int | None = Field(None, ge=1, le=4096)
+    policy: str | None = None
+    threshold: float | None = Field(None, gt=0.0, le=1.0)
+    cfg_scale: float | None = Field(None, ge=0.0, le=20.0)
+    cache: str | None = None
+    ignore_eos: bool = False  # as in vLLM: generate max_tokens even past EOS
+
+    @field_validator("policy", "cache")
+    @classmethod
+    def _known(cls, v, info):
+        allowed = sorted(POLICIES) if info.field_name == "policy" else sorted(CACHES)
+        if v is not None and v not in allowed:
+            raise ValueError(f"unknown {info.field_name} {v!r}; allowed: {', '.join(allowed)}")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v):
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+
+class CompletionRequest(Settings):
+    prompt: str | list[str]
+
+
+class DenoiseRequest(Settings):
+    prompt: str
+    suffix: str | None = None  # infilling: the text after the generated span (diffusion models only)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(Settings):
+    messages: list[Message] = Field(min_length=1)
