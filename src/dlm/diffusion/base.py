@@ -148,6 +148,18 @@ class NoiseProcess:
     def add_noise(self, x0, t, generator=None, maskable=None, shard=(0, 1)):
         raise NotImplementedError
 
+    @staticmethod
+    def answer_positions(input_ids, prompt_lengths, attention_mask=None, answer_mask=None) -> torch.Tensor:
+        """(B, L) bool: the SFT positions that are noised and scored — `answer_mask` (packed rows) or everything
+        from each row's prompt length on — limited to real tokens."""
+        if answer_mask is not None:
+            answer = answer_mask.to(device=input_ids.device, dtype=torch.bool)
+        else:
+            answer = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] >= prompt_lengths[:, None]
+        if attention_mask is not None and attention_mask.dim() == 2:
+            answer &= attention_mask.bool()
+        return answer
+
     def loss(self, model, input_ids, attention_mask=None, generator=None, shard=(0, 1)) -> LossOutput:
         raise NotImplementedError
 

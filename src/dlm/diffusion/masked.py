@@ -136,13 +136,8 @@ class MaskedDiffusion(NoiseProcess):
     ) -> LossOutput:
         """SFT: prompt never masked; answer (with its EOS padding) masked; normalised per answer length per row.
         `answer_mask` (B, L) bool replaces `prompt_lengths` for rows holding several examples (packing)."""
-        B, L = input_ids.shape
-        if answer_mask is not None:
-            answer = answer_mask.to(device=input_ids.device, dtype=torch.bool)
-        else:
-            answer = torch.arange(L, device=input_ids.device)[None, :] >= prompt_lengths[:, None]
-        if attention_mask is not None and attention_mask.dim() == 2:
-            answer &= attention_mask.bool()
+        B = input_ids.shape[0]
+        answer = self.answer_positions(input_ids, prompt_lengths, attention_mask, answer_mask)
         t = self.sample_t(B, generator, input_ids.device, shard)
         xt, masked = self.add_noise(input_ids, t, generator, answer, shard)
         answer_len = answer.sum(1).clamp(min=1).float()

@@ -139,13 +139,8 @@ class UniformDiffusion(NoiseProcess):
 
     def sft_loss(self, model, input_ids, prompt_lengths, attention_mask=None, generator=None, shard=(0, 1),
                  answer_mask=None) -> LossOutput:  # fmt: skip
-        B, L = input_ids.shape
-        if answer_mask is not None:
-            answer = answer_mask.to(device=input_ids.device, dtype=torch.bool)
-        else:
-            answer = torch.arange(L, device=input_ids.device)[None, :] >= prompt_lengths[:, None]
-        if attention_mask is not None and attention_mask.dim() == 2:
-            answer &= attention_mask.bool()
+        B = input_ids.shape[0]
+        answer = self.answer_positions(input_ids, prompt_lengths, attention_mask, answer_mask)
         t = self.sample_t(B, generator, input_ids.device, shard)
         xt, noised = self.add_noise(input_ids, t, generator, answer, shard)
         ell, rows = self._integrand(model, xt, input_ids, answer, t, attention_mask)
