@@ -24,6 +24,16 @@ def test_builtin_configs_are_twins_within_the_size_limits():
     assert a["model"] == b["model"] and a["train"] == b["train"]
 
 
+def test_the_uniform_config_is_the_diffusion_config_with_the_uniform_process():
+    diff = to_dict(load_run_config(CONFIGS / "builtin-diffusion.yaml"))
+    uni = to_dict(load_run_config(CONFIGS / "builtin-uniform.yaml"))
+    assert uni["diffusion"].pop("process") == "uniform" and diff["diffusion"].pop("process") == "masked"
+    assert uni.pop("out_dir") == "runs/builtin-uniform" and diff.pop("out_dir") == "runs/builtin-diffusion"
+    assert uni["tokenizer"].pop("path") == "src/dlm/builtin/python-diffusion"
+    diff["tokenizer"].pop("path")
+    assert uni == diff
+
+
 def test_every_example_config_loads():
     from dlm.training import load_run_config
 
