@@ -12,7 +12,7 @@ class StepEvent:
     rows: list[int]  # batch rows that took part in this step
     positions: list[list[int]]  # per row: canvas positions committed this step (no left padding)
     tokens: list[list[int]]  # per row: the tokens committed there
-    masked: list[list[int]] = field(default_factory=list)  # per row: canvas positions still masked after the step
+    masked: list[list[int]] = field(default_factory=list)  # per row: canvas positions still noisy after the step
     finished: list[int] = field(default_factory=list)  # rows that finished at this step
     blocks: list[int] = field(default_factory=list)  # per row: its active block index
 
