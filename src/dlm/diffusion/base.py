@@ -15,7 +15,7 @@ A new process is one file that subclasses `NoiseProcess` and `ReverseProcess` an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -33,11 +33,16 @@ def register_process(cls):
 
 @dataclass
 class DiffusionConfig:
-    process: str = "masked"  # a registered noise process: masked | uniform
+    process: str = "masked"  # a registered noise process: masked | uniform | block
     schedule: str = "linear"  # linear | cosine | loglinear
     eps: float = 1e-3  # t is drawn from [eps, 1]
     antithetic: bool = True  # low-discrepancy t over the batch
     random_length_prob: float = 0.0  # LLaDA truncates 1% of batches to a random length
+    # training draws t from [lo, hi] instead of [eps, 1] (BD3-LM's clipped schedule); the held-out bound always
+    # integrates over [eps, 1]
+    train_t: list[float] | None = None
+    block_size: int | None = None  # block process: tokens per block (None: the model's block_size)
+    shift_logits: bool | None = None  # None: the model's own; true: logits at i-1 predict token i (Dream)
 
     def __post_init__(self) -> None:
         _load_builtin_processes()
@@ -45,6 +50,16 @@ class DiffusionConfig:
         get_schedule(self.schedule)
         if not 0.0 < self.eps < 1.0:
             raise ConfigError("diffusion.eps", f"got {self.eps}; must be in (0, 1)")
+        if self.train_t is not None:
+            ok = isinstance(self.train_t, (list, tuple)) and len(self.train_t) == 2
+            lo, hi = (float(v) for v in self.train_t) if ok else (0.0, 0.0)
+            if not (ok and self.eps <= lo < hi <= 1.0):
+                raise ConfigError(
+                    "diffusion.train_t", f"got {self.train_t!r}; must be [lo, hi] with eps={self.eps} <= lo < hi <= 1"
+                )
+            self.train_t = [lo, hi]
+        if self.block_size is not None and (not isinstance(self.block_size, int) or self.block_size < 1):
+            raise ConfigError("diffusion.block_size", f"got {self.block_size!r}; must be a positive integer or null")
         if not 0.0 <= self.random_length_prob <= 1.0:
             raise ConfigError("diffusion.random_length_prob", f"got {self.random_length_prob}; must be in [0, 1]")
 
@@ -127,23 +142,45 @@ class NoiseProcess:
         self.shift_logits = bool(shift_logits)
         self.fused = True  # fused chunked head + cross-entropy for dlm Transformers (False: plain logits)
 
+    @classmethod
+    def resolve(cls, config: DiffusionConfig, model_config):
+        """(config, model_config) as this process trains and samples them: what the config leaves to the model is
+        filled in, and the network config fitted (its attention, for processes that need one). Default: only
+        `diffusion.shift_logits`, when set, becomes the model's."""
+        if config.shift_logits is not None and model_config is not None:
+            if bool(getattr(model_config, "shift_logits", False)) != config.shift_logits:
+                model_config = replace(model_config, shift_logits=config.shift_logits)
+        return config, model_config
+
     def reverse(self, config) -> ReverseProcess:
         raise NotImplementedError
 
+    @property
+    def train_t_range(self) -> tuple[float, float]:
+        """[lo, hi]: where training draws t (`diffusion.train_t`, default [eps, 1])."""
+        lo_hi = self.config.train_t
+        return (float(lo_hi[0]), float(lo_hi[1])) if lo_hi else (self.config.eps, 1.0)
+
     def sample_t(self, batch: int, generator=None, device="cpu", shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
-        """t in [eps, 1]; antithetic: u_i = (u + i/B) mod 1.
+        """Training noise levels in `train_t_range` ([eps, 1] by default); antithetic: u_i = (u + i/B) mod 1.
 
         shard=(rank, world): this call holds rows rank::world of a global batch of batch*world rows (data
         parallel); t is drawn for the global batch and sliced, so every row gets the t it gets in one process."""
-        eps = self.config.eps
+        return self.sample_t_grid(batch, 1, generator, device, shard)[:, 0]
+
+    def sample_t_grid(self, batch: int, per_row: int, generator=None, device="cpu", shard=(0, 1)) -> torch.Tensor:
+        """(batch, per_row) training noise levels, row-major over the global batch (see `sample_t`): with
+        antithetic sampling u_i = (u + i/n) mod 1 over all n = global rows * per_row levels, so each level is
+        uniform on its own and together they cover [lo, hi] evenly."""
+        lo, hi = self.train_t_range
         rank, world = shard
-        n = batch * world
+        n = batch * world * per_row
         if self.config.antithetic:
             u0 = rand((1,), generator, device)
             u = (u0 + torch.arange(n, device=device) / n) % 1.0
         else:
             u = rand((n,), generator, device)
-        return (eps + (1.0 - eps) * u)[rank::world]
+        return (lo + (hi - lo) * u).view(batch * world, per_row)[rank::world]
 
     def add_noise(self, x0, t, generator=None, maskable=None, shard=(0, 1)):
         raise NotImplementedError
@@ -189,7 +226,7 @@ def rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
 
 
 def _load_builtin_processes() -> None:
-    from . import masked, uniform  # noqa: F401  (registration)
+    from . import block, masked, uniform  # noqa: F401  (registration)
 
 
 def build_process(config: DiffusionConfig | None, model_config, *, mask_token_id: int | None = None) -> NoiseProcess:
@@ -198,6 +235,7 @@ def build_process(config: DiffusionConfig | None, model_config, *, mask_token_id
     config = config or DiffusionConfig()
     _load_builtin_processes()
     check_choice("diffusion.process", config.process, PROCESSES)
+    config, model_config = PROCESSES[config.process].resolve(config, model_config)
     if mask_token_id is None:
         mask_token_id = getattr(model_config, "mask_token_id", None)
     return PROCESSES[config.process](

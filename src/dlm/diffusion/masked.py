@@ -58,9 +58,10 @@ class MaskedDiffusion(NoiseProcess):
 
     # ---- noise ------------------------------------------------------------------------------
     def add_noise(self, x0, t, generator=None, maskable: torch.Tensor | None = None, shard: tuple[int, int] = (0, 1)):
-        """Mask each maskable token with probability 1 - alpha(t). Returns (x_t, masked). `shard` as in
-        sample_t: the uniforms are drawn for the global batch and this shard's rows kept."""
-        p = self.schedule.mask_prob(t)[:, None]
+        """Mask each maskable token with probability 1 - alpha(t); t is (B,) or (B, L). Returns (x_t, masked).
+        `shard` as in sample_t: the uniforms are drawn for the global batch and this shard's rows kept."""
+        p = self.schedule.mask_prob(t)
+        p = p[:, None] if p.dim() == 1 else p  # one level per row, or (B, L) per position (the block process)
         rank, world = shard
         u = rand((x0.shape[0] * world, *x0.shape[1:]), generator, x0.device)[rank::world]
         masked = (u < p) & (x0 != self.mask_token_id)
@@ -69,13 +70,22 @@ class MaskedDiffusion(NoiseProcess):
         xt = torch.where(masked, torch.full_like(x0, self.mask_token_id), x0)
         return xt, masked
 
-    def _logits(self, model, xt, attention_mask):
-        logits = model(xt, attention_mask=attention_mask)
-        return align_logits(logits, self.shift_logits)
+    def training_t(self, model, input_ids, attention_mask=None, generator=None, shard=(0, 1)) -> torch.Tensor:
+        """A training batch's noise levels: (B,), one per row. A process whose levels vary along a row (the block
+        process: one per block) returns (B, L); the losses below take either."""
+        return self.sample_t(input_ids.shape[0], generator, input_ids.device, shard)
 
-    def _masked_hidden(self, model, xt, masked, attention_mask):
-        h = align_logits(model(xt, attention_mask=attention_mask, return_hidden=True), self.shift_logits)
-        return h[masked]
+    def denoise(self, model, xt, x0, attention_mask=None, return_hidden=False) -> torch.Tensor:
+        """The network's (B, L, ·) output for the noisy canvas `xt`, aligned so that position i predicts token i:
+        logits, or final hidden states with `return_hidden`. `x0` (the clean sequence) is there for processes
+        whose network also sees it (the block process's two streams); this one does not."""
+        return align_logits(model(xt, attention_mask=attention_mask, return_hidden=return_hidden), self.shift_logits)
+
+    def _logits(self, model, xt, x0, attention_mask):
+        return self.denoise(model, xt, x0, attention_mask)
+
+    def _masked_hidden(self, model, xt, x0, masked, attention_mask):
+        return self.denoise(model, xt, x0, attention_mask, return_hidden=True)[masked]
 
     def masked_ce(self, model, xt, x0, masked, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(ce, row) for every masked position, in row-major order. dlm Transformers apply the LM head to
@@ -83,26 +93,26 @@ class MaskedDiffusion(NoiseProcess):
         rows = masked.nonzero()[:, 0]
         weight = getattr(model, "head_weight", None)
         if weight is not None and not torch.is_grad_enabled():
-            h = self._masked_hidden(model, xt, masked, attention_mask)
+            h = self._masked_hidden(model, xt, x0, masked, attention_mask)
             return chunked_cross_entropy(h, weight, x0[masked], self.mask_token_id), rows
         if hasattr(model, "head"):
-            logits_m = model.head(self._masked_hidden(model, xt, masked, attention_mask))
+            logits_m = model.head(self._masked_hidden(model, xt, x0, masked, attention_mask))
         else:
-            logits_m = self._logits(model, xt, attention_mask)[masked]
+            logits_m = self._logits(model, xt, x0, attention_mask)[masked]
         return _ce_rows(logits_m, x0[masked], self.mask_token_id), rows
 
     def weighted_masked_ce(self, model, xt, x0, masked, row_weight, attention_mask=None) -> tuple[torch.Tensor, int]:
-        """sum over masked positions of row_weight[row] * CE, and the number of masked positions. With a dlm
-        Transformer the head and the cross-entropy run fused, chunk by chunk (no (M, V) logits)."""
+        """sum over masked positions of weight * CE, and the number of masked positions; `row_weight` is (B,) per
+        row or (B, L) per position. With a dlm Transformer the head and the cross-entropy run fused, chunk by
+        chunk (no (M, V) logits)."""
         weight = getattr(model, "head_weight", None)
+        rows = masked.nonzero()[:, 0]
+        w = row_weight[masked] if row_weight.dim() == 2 else row_weight[rows]
         if weight is not None and self.fused:
-            rows = masked.nonzero()[:, 0]
-            h = self._masked_hidden(model, xt, masked, attention_mask)
-            return weighted_cross_entropy(h, weight, x0[masked], row_weight[rows], self.mask_token_id), int(
-                rows.numel()
-            )
-        ce, rows = self.masked_ce(model, xt, x0, masked, attention_mask)
-        return (ce * row_weight[rows]).sum(), int(rows.numel())
+            h = self._masked_hidden(model, xt, x0, masked, attention_mask)
+            return weighted_cross_entropy(h, weight, x0[masked], w, self.mask_token_id), int(rows.numel())
+        ce, _ = self.masked_ce(model, xt, x0, masked, attention_mask)
+        return (ce * w).sum(), int(rows.numel())
 
     # ---- losses -----------------------------------------------------------------------------
     def weighted_loss(self, logits, x0, masked, t, num_tokens: int) -> torch.Tensor:
@@ -122,7 +132,7 @@ class MaskedDiffusion(NoiseProcess):
             new_len = int(torch.randint(1, input_ids.shape[1] + 1, (1,), generator=generator, device=dev).item())
             input_ids = input_ids[:, :new_len]
             attention_mask = attention_mask[:, :new_len] if attention_mask is not None else None
-        t = self.sample_t(input_ids.shape[0], generator, input_ids.device, shard)
+        t = self.training_t(model, input_ids, attention_mask, generator, shard)
         maskable = attention_mask.bool() if attention_mask is not None else None
         xt, masked = self.add_noise(input_ids, t, generator, maskable, shard)
         num_tokens = int(maskable.sum()) if maskable is not None else input_ids.numel()
@@ -138,12 +148,12 @@ class MaskedDiffusion(NoiseProcess):
         `answer_mask` (B, L) bool replaces `prompt_lengths` for rows holding several examples (packing)."""
         B = input_ids.shape[0]
         answer = self.answer_positions(input_ids, prompt_lengths, attention_mask, answer_mask)
-        t = self.sample_t(B, generator, input_ids.device, shard)
+        t = self.training_t(model, input_ids, attention_mask, generator, shard)
         xt, masked = self.add_noise(input_ids, t, generator, answer, shard)
         answer_len = answer.sum(1).clamp(min=1).float()
-        total, n_masked = self.weighted_masked_ce(
-            model, xt, input_ids, masked, self.schedule.weight(t.float()) / answer_len, attention_mask
-        )
+        w = self.schedule.weight(t.float())
+        w = w / (answer_len if w.dim() == 1 else answer_len[:, None])
+        total, n_masked = self.weighted_masked_ce(model, xt, input_ids, masked, w, attention_mask)
         return LossOutput(total / B, int(answer.sum()), n_masked)
 
     # ---- likelihood -------------------------------------------------------------------------

@@ -85,3 +85,40 @@ def build_mask(
     keys = key_mask.to(torch.bool)[:, None, :]  # (B, 1, K)
     mask = keys if allowed is None else keys & allowed
     return (mask | (kj == qi))[:, None]
+
+
+def two_stream_mask(
+    length: int,
+    block_size: int,
+    *,
+    key_mask: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    device=None,
+) -> torch.Tensor:
+    """BD3-LM's mask over the two-stream input x_t ⊕ x_0 (2L slots: the noisy copy first, then the clean copy,
+    both at the same positions): boolean (B|1, 1, 2L, 2L), True = may attend.
+
+    With block(p) = p // block_size on positions (per segment, as in `build_mask`):
+    noisy q → noisy k: same block (bidirectional within a noisy block); noisy q → clean k: block(k) < block(q)
+    (every earlier clean block); clean q → clean k: block(k) <= block(q) (block-causal); clean q → noisy k:
+    never. Composed with padding (`key_mask` (B, L), 1 = real) and packing (`segment_ids` (B, L)) as `build_mask`
+    composes them; a query always sees itself.
+    """
+    device = (
+        device
+        if device is not None
+        else next((t.device for t in (key_mask, segment_ids, positions) if t is not None), None)
+    )
+    if positions is None:
+        positions = key_positions(key_mask, length, device, segment_ids)
+    blocks = positions // block_size  # (B|1, L)
+    bq, bk = blocks[:, :, None], blocks[:, None, :]
+    never = torch.zeros_like(bq == bk)
+    allowed = torch.cat([torch.cat([bq == bk, bk < bq], -1), torch.cat([never, bk <= bq], -1)], 1)
+    if segment_ids is not None:
+        allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :]).repeat(1, 2, 2)
+    if key_mask is not None:
+        allowed = allowed & key_mask.to(torch.bool).repeat(1, 2)[:, None, :]
+        allowed = allowed | torch.eye(2 * length, dtype=torch.bool, device=device)[None]
+    return allowed[:, None]

@@ -54,9 +54,7 @@ class _CanvasWindowCache(SamplingCache):
     def __init__(self, model, length, refresh_every, cfg_scale):
         super().__init__(model, length, refresh_every, cfg_scale)
         if not getattr(model, "supports_canvas_cache", False):
-            raise ConfigError(
-                "cache", f"{type(model).__name__} has no canvas-cache hook for {self.name!r}; use 'none'"
-            )
+            raise ConfigError("cache", f"{type(model).__name__} has no canvas-cache hook for {self.name!r}; use 'none'")
         cfg = getattr(model, "config", None)
         self.block_causal = getattr(cfg, "attention", None) == "block_causal"
         self.model_block = int(getattr(cfg, "block_size", 1) or 1)

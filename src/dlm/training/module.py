@@ -29,7 +29,7 @@ class Segmented:
         config = getattr(net, "config", None)
         attention = "causal" if causal else attention or getattr(config, "attention", "bidirectional")
         block_size = block_size or getattr(config, "block_size", 1)
-        self.net, self.positions = net, position_ids
+        self.net, self.positions, self.segment_ids = net, position_ids, segment_ids
         self.mask = build_mask(
             attention, segment_ids.shape[1], segment_ids=segment_ids, positions=position_ids, block_size=block_size
         )

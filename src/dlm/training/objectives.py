@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import NoiseProcess, build_process
+from ..diffusion import PROCESSES, NoiseProcess, build_process
 from ..diffusion.fused_ce import weighted_cross_entropy
 from ..errors import ConfigError, check_choice
 from ..eval.nll import next_token_nll
@@ -35,12 +35,11 @@ def register_objective(cls):
 def answer_positions(batch: dict) -> torch.Tensor | None:
     """(B, L) bool: the answer positions of an SFT batch (packed: `answer_mask`; else at and after each prompt
     length); None for pretraining batches."""
-    if "answer_mask" in batch:
-        return batch["answer_mask"].bool()
-    if "prompt_lengths" in batch:
-        ids = batch["input_ids"]
-        return torch.arange(ids.shape[1], device=ids.device)[None] >= batch["prompt_lengths"][:, None]
-    return None
+    if "answer_mask" not in batch and "prompt_lengths" not in batch:
+        return None
+    return NoiseProcess.answer_positions(
+        batch["input_ids"], batch.get("prompt_lengths"), answer_mask=batch.get("answer_mask")
+    )
 
 
 class Objective:
@@ -164,14 +163,18 @@ class Autoregressive(Objective):
 
 @register_objective
 class Diffusion(Objective):
-    """The noise process of `config.diffusion` trains the network with the model's own attention; its ELBO
-    bounds the NLL."""
+    """The noise process of `config.diffusion` trains the network; its ELBO bounds the NLL. The network keeps
+    its own attention unless the process fits it (`NoiseProcess.resolve`: the block process makes it
+    block-causal, which from a causal `train.init_from` checkpoint is the AR → block-diffusion conversion)."""
 
     name = "diffusion"
 
     def __init__(self, run_config, model_config):
         super().__init__(run_config, model_config)
         self._process = build_process(run_config.diffusion, self.model_config)
+
+    def fit_model(self, model_config, init_from=None):
+        return PROCESSES[self.run_config.diffusion.process].resolve(self.run_config.diffusion, model_config)[1]
 
     @property
     def process(self) -> NoiseProcess:
