@@ -61,11 +61,13 @@ class CanvasCache(KVCache):
       repeated slot computes the same K/V.
     """
 
-    def __init__(self, length: int) -> None:
+    def __init__(self, length: int, *, lazy: bool = False) -> None:
         super().__init__()
         self.length = length
+        self.lazy = lazy  # a window may come first: buffers start as zeros (the block cache fills them itself)
         self._window: torch.Tensor | None = None
         self._rows: torch.Tensor | None = None
+        self._keys_upto: int | None = None
 
     def __len__(self) -> int:
         return self.length
@@ -76,16 +78,17 @@ class CanvasCache(KVCache):
         self._window, self._rows = None, rows
         return self
 
-    def window(self, slots: torch.Tensor) -> "CanvasCache":
-        if not self.keys:
+    def window(self, slots: torch.Tensor, keys_upto: int | None = None) -> "CanvasCache":
+        """Recompute `slots`; the queries attend to slots [0, keys_upto) (default: all `length`)."""
+        if not self.keys and not self.lazy:
             raise RuntimeError("CanvasCache.window before any refresh: nothing is cached yet")
-        self._window, self._rows = slots, None
+        self._window, self._rows, self._keys_upto = slots, None, keys_upto
         return self
 
     def slots(self, batch: int, q_len: int, device) -> tuple[torch.Tensor, int]:
         if self._window is None:
             return torch.arange(q_len, device=device)[None], q_len
-        return self._window, self.length
+        return self._window, self._keys_upto or self.length
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._window is None:
@@ -95,8 +98,12 @@ class CanvasCache(KVCache):
                 self.keys[layer].index_copy_(0, self._rows, k)
                 self.values[layer].index_copy_(0, self._rows, v)
             return k, v
+        if layer not in self.keys:  # lazy: zeros until a window writes them
+            shape = (k.shape[0], k.shape[1], self.length, k.shape[3])
+            self.keys[layer], self.values[layer] = k.new_zeros(shape), v.new_zeros(shape)
         idx = self._window[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
         keys, values = self.keys[layer], self.values[layer]
         keys.scatter_(2, idx, k.to(keys.dtype))
         values.scatter_(2, idx, v.to(values.dtype))
-        return keys, values
+        upto = self._keys_upto or self.length
+        return keys[:, :, :upto], values[:, :, :upto]

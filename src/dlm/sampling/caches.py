@@ -5,8 +5,9 @@ A cache decides what each step's forward recomputes. `none` runs the whole canva
 *refreshes* (recomputes the whole canvas) when it starts a block and every `cache_refresh` steps inside it, and
 otherwise recomputes only a window — `prefix`: from its active block to the end of the canvas; `dual`: the
 active block only — attending to the cached K/V of every other slot (Fast-dLLM's approximate caches; exact for
-block-causal models, whose window is widened to whole model blocks). A new cache is one class here plus
-`@register_cache`.
+block-causal models, whose window is widened to whole model blocks). `block` is for block-causal models only:
+exact and append-only, nothing is ever refreshed (each slot's K/V computed once, when its block is clean). A new
+cache is one class here plus `@register_cache`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class SamplingCache:
 class _CanvasWindowCache(SamplingCache):
     """K/V of every slot, refreshed per row; a window of slots recomputed at the other steps."""
 
+    lazy = False  # True: a window may write the store before any refresh (its buffers start as zeros)
+
     def __init__(self, model, length, refresh_every, cfg_scale):
         super().__init__(model, length, refresh_every, cfg_scale)
         if not getattr(model, "supports_canvas_cache", False):
@@ -58,7 +61,7 @@ class _CanvasWindowCache(SamplingCache):
         cfg = getattr(model, "config", None)
         self.block_causal = getattr(cfg, "attention", None) == "block_causal"
         self.model_block = int(getattr(cfg, "block_size", 1) or 1)
-        self.store = CanvasCache(length)
+        self.store = CanvasCache(length, lazy=self.lazy)
 
     def window_end(self, block_end: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -122,6 +125,62 @@ class DualCache(_CanvasWindowCache):
 
     def window_end(self, block_end):
         return block_end
+
+
+@register_cache
+class BlockCache(_CanvasWindowCache):
+    """Exact and append-only, for block-causal networks (block diffusion): a slot's K/V are computed once, in
+    the first step after its block is clean, and never again; each step's forward covers only the row's
+    *frontier* — the blocks finished since its previous step (once, clean) — and its active block, and attends to
+    keys up to the active block's end (later slots are never read). Nothing is refreshed: a block-causal slot's
+    K/V depend only on its own and earlier blocks, so they are the uncached forward's (a test checks the
+    logits). Rows filling noise inside their prompt keep their frontier at 0 until block 0 is done."""
+
+    name = "block"
+    lazy = True
+
+    def __init__(self, model, length, refresh_every, cfg_scale):
+        super().__init__(model, length, refresh_every, cfg_scale)
+        if not self.block_causal:
+            attention = getattr(getattr(model, "config", None), "attention", None)
+            raise ConfigError(
+                "cache", f"'block' is exact only for block_causal models; this one is {attention}: use prefix or dual"
+            )
+        self.frontier: torch.Tensor | None = None  # (R,) long: slots [0, frontier) hold clean, final K/V
+
+    def window_end(self, block_end):
+        return block_end
+
+    def plan(self, step, block_start, block_end, positions, force_refresh):
+        if self.frontier is None:
+            self.frontier = torch.zeros_like(block_start)
+        _, start, we = super().plan(step, block_start, block_end, positions, force_refresh)
+        we = torch.where(force_refresh, self.length, we)  # noise in the user's text may sit past the block
+        ws = torch.minimum(self.frontier, start)
+        self.frontier = torch.where(force_refresh, self.frontier, start)  # this forward writes [ws, start) clean
+        return torch.zeros_like(force_refresh), ws, we
+
+    def forward(self, fn, x, am, pos, idx, refresh, ws, we):
+        upto = int(we.max())
+        width = int((we - ws).max())
+        slots = torch.minimum(ws[:, None] + torch.arange(width, device=x.device)[None], (we - 1)[:, None])
+        return fn(
+            x.gather(1, slots),
+            attention_mask=am[:, :upto],
+            position_ids=pos.gather(1, slots),
+            cache=self.store.window(slots, upto),
+            logits_index=(idx - ws[:, None]).clamp(0, width - 1),
+        )
+
+    def grow(self, shift, live, new):
+        super().grow(shift, live, new)
+        if self.frontier is not None:
+            self.frontier = torch.cat([self.frontier[:live] + shift, self.frontier.new_zeros(new)])
+
+    def select_rows(self, keep, live):
+        super().select_rows(keep, live)
+        if self.frontier is not None:
+            self.frontier = self.frontier[keep]
 
 
 register_cache(SamplingCache)

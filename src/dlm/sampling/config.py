@@ -32,7 +32,8 @@ class GenerationConfig:
     credit_alpha: float = 0.7  # credit: weight of the accumulated credit in the fused confidence
     credit_gamma: float = 0.2  # credit: each step adds p ** gamma to a position's credit
     credit_decay: float = 0.8  # credit: credit of a position decays by this factor per step
-    # caches for bidirectional models: none (reference) | prefix | dual; exact for block_causal models
+    # none (reference) | prefix | dual (approximate for bidirectional models, exact for block_causal ones) |
+    # block (block_causal models: exact, append-only, never refreshed)
     cache: str = "none"
     cache_refresh: int = 0  # also recompute the cache every this many steps inside a block; 0 = at block starts
     dtype: str = "float32"  # float32 | bfloat16 (autocast for the forward passes)

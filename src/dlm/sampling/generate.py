@@ -145,6 +145,10 @@ class Denoiser:
         self.pad_id = _model_attr(model, "pad_token_id") or 0
         self.gen_length, self.block_length = config.gen_length, config.block_size
         self.num_blocks, self.steps_per_block = config.num_blocks, config.steps_per_block
+        # a block-causal network has blocks of its own, at fixed positions: the loop's blocks sit at the same
+        # boundaries (a row's first block ends at the next multiple of block_length), so each denoising block sees
+        # only clean earlier blocks, as block diffusion trains it, and the block cache is exact
+        self.align = self.block_length if _model_attr(model, "attention") == "block_causal" else 0
         self.forwards_per_step = 2 if config.cfg_scale > 0 else 1
         self.stop_at_eos = self.eos_id is not None and config.stop_at_eos
         self.length = 0  # canvas slots (every row left-padded to it)
@@ -190,7 +194,8 @@ class Denoiser:
         grow = length - self.length
         if grow:  # existing rows (if any) are left-padded further: their slots move right
             self.rows.left_pad(grow, self.pad_id)
-        new = Rows.start(handles, rows_tokens, plens, length, G, self.pad_id, self.reverse.noisy_in_text, dev)
+        new = Rows.start(handles, rows_tokens, plens, length, G, self.pad_id, self.reverse.noisy_in_text, dev,
+                         self.align)  # fmt: skip
         if self.runner is None:
             self.runner = ModelRunner(self.model, self.config, self.reverse.unconditional, length, dev)
             self.reverse.reset(self.next_handle, length, dev)
@@ -241,25 +246,29 @@ class Denoiser:
             }
             self.gens.pop(h, None)
 
-    def _active_region(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(block start (R,), whether the row also fills in-text noise now (R,), region (R, L) bool): a row's
-        current block; during block 0, also the noise positions inside its prompt/suffix."""
+    def _num_blocks(self) -> torch.Tensor:
+        """(R,) blocks per row: one more when the first block is cut short (aligned blocks)."""
+        return (self.rows.offset + self.gen_length + self.block_length - 1) // self.block_length
+
+    def _active_region(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(block start (R,), block end (R,), whether the row also fills in-text noise now (R,), region (R, L)
+        bool): a row's current block; during block 0, also the noise positions inside its prompt/suffix."""
         r, bl = self.rows, self.block_length
         at = torch.arange(self.length, device=self.device)[None]
-        block_start = r.gen_start + r.block * bl
+        first = r.gen_start - r.offset  # where block 0 would start if it were whole
+        block_start = torch.maximum(first + r.block * bl, r.gen_start)
+        block_end = torch.minimum(first + (r.block + 1) * bl, r.gen_start + self.gen_length)
         with_text = r.has_text_noise & (r.block == 0)
-        region = ((at >= block_start[:, None]) & (at < (block_start + bl)[:, None])) | (
-            with_text[:, None] & r.text_noise
-        )
-        return block_start, with_text, region
+        region = ((at >= block_start[:, None]) & (at < block_end[:, None])) | (with_text[:, None] & r.text_noise)
+        return block_start, block_end, with_text, region
 
-    def _logits(self, query_slots, block_start, with_text) -> torch.Tensor:
+    def _logits(self, query_slots, block_start, block_end, with_text) -> torch.Tensor:
         """Float32 logits at the query slots, with CFG and the logits processors applied."""
         r = self.rows
         idx = (query_slots - 1).clamp(min=0) if self.shift else query_slots
         lo = (block_start - int(self.shift)).clamp(min=0)
-        logits = self.runner.logits(r.tokens, r.attention, r.positions, r.cfg_hidden, idx, r.step, lo,
-                                    block_start + self.block_length, with_text)  # fmt: skip
+        logits = self.runner.logits(r.tokens, r.attention, r.positions, r.cfg_hidden, idx, r.step, lo, block_end,
+                                    with_text)  # fmt: skip
         for proc in self.logits_processors:
             logits = proc(r.tokens, logits, query_slots)
         return logits
@@ -269,7 +278,7 @@ class Denoiser:
         if not self.live:
             return []
         r, dev = self.rows, self.device
-        block_start, with_text, region = self._active_region()
+        block_start, block_end, with_text, region = self._active_region()
         region_noisy = r.noisy & region
         remaining = region_noisy.sum(1)
         r.noisy_at_block_start = torch.where(r.step == 0, remaining, r.noisy_at_block_start)
@@ -280,7 +289,7 @@ class Denoiser:
         candidates = region_noisy.gather(1, query_slots)
         gens = [self.gens[h] for h in r.handle.tolist()]
         ctx = StepContext(
-            logits=self._logits(query_slots, block_start, with_text),
+            logits=self._logits(query_slots, block_start, block_end, with_text),
             tokens=r.tokens.gather(1, query_slots),
             candidates=candidates,
             positions=query_slots,
@@ -316,14 +325,15 @@ class Denoiser:
         block_done = ~(r.noisy & region).any(1)
         r.block = r.block + block_done.long()
         r.step = torch.where(block_done, 0, r.step + 1)
-        done = r.block >= self.num_blocks
+        num_blocks = self._num_blocks()
+        done = r.block >= num_blocks
         early = torch.zeros_like(done)
         if self.stop_at_eos:
             eos_done = _finish_at_eos(r, self.gen_length, self.eos_id)
             early = eos_done & ~done
             done = done | eos_done
         # a row past its step budget (only a custom process that never settles) ends with what it has
-        done = done | (r.steps_taken.to(self.device) > self.num_blocks * self.steps_per_block)
+        done = done | (r.steps_taken.to(self.device) > num_blocks * self.steps_per_block)
         return done, early
 
 

@@ -26,6 +26,7 @@ class Rows:
     gen_start: torch.Tensor  # (R,) long: first slot of the generated region
     pad: torch.Tensor  # (R,) long: left-padding slots
     has_text_noise: torch.Tensor  # (R,) bool: the row has noise inside its text
+    offset: torch.Tensor  # (R,) long: slots the first block is short by (blocks aligned with positions), else 0
     block: torch.Tensor  # (R,) long: current block
     step: torch.Tensor  # (R,) long: step inside the current block
     noisy_at_block_start: torch.Tensor  # (R,) long: noisy positions of the region when the block started
@@ -41,7 +42,7 @@ class Rows:
         z1 = torch.zeros(0, dtype=torch.long, device=device)
         z2 = torch.zeros((0, 0), dtype=torch.long, device=device)
         b1, b2 = z1.bool(), z2.bool()
-        return cls(z1, z2, z2, z2, b2, b2, b2, z1, z1, b1, z1, z1, z1, z1.cpu(), z1.cpu())
+        return cls(z1, z2, z2, z2, b2, b2, b2, z1, z1, b1, z1, z1, z1, z1, z1.cpu(), z1.cpu())
 
     @classmethod
     def start(
@@ -54,8 +55,11 @@ class Rows:
         pad_id: int,
         noisy_in_text: Callable[[torch.Tensor], torch.Tensor],
         device,
+        align: int = 0,
     ) -> "Rows":
-        """New rows: each canvas right-aligned in `length` slots; the generated region starts noisy."""
+        """New rows: each canvas right-aligned in `length` slots; the generated region starts noisy. With `align`
+        (a block length) blocks sit at multiples of it in position space: the first block is cut short to the
+        next boundary (the block-causal network's own blocks)."""
         n = len(rows_tokens)
         tokens = torch.full((n, length), pad_id, dtype=torch.long, device=device)
         attention = torch.zeros((n, length), dtype=torch.long, device=device)
@@ -80,6 +84,7 @@ class Rows:
             gen_start=gen_start,
             pad=pad,
             has_text_noise=text_noise.any(1),
+            offset=torch.tensor([p % align if align else 0 for p in prompt_lengths], device=device),
             block=zeros,
             step=zeros,
             noisy_at_block_start=zeros,
