@@ -10,6 +10,11 @@ Methods (the diffusion ones share gen_length, block_length, stopping and dtype):
 | +parallel | threshold (--threshold) | gen_length, an upper bound | none |
 | +both | threshold | gen_length, an upper bound | --cache |
 | ar | the AR twin (--ar-model), left to right with its KV cache | | |
+| block-1 | the block-diffusion model (--block-model): low_confidence in its own blocks | gen_length | block |
+| block | the block-diffusion model: threshold (--threshold) in its own blocks | gen_length, an upper bound | block |
+
+The block rows use the block model's own block size as block_length and the exact block cache; their
+`agreement` is against block-1 (the same model one token per forward).
 
 Per method and (batch size, gen_length): tok/s (generated tokens, up to and including EOS, over the wall time
 of the timed runs), NFE (mean forwards per prompt), TPF (tokens per forward), p50 latency of one batch call,
@@ -38,7 +43,8 @@ from .errors import DLMError, InputError
 from .sampling import GenerationConfig, generate
 from .sampling.autoregressive import generate_autoregressive
 
-METHODS = ("reference", "+cache", "+parallel", "+both", "ar")
+METHODS = ("reference", "+cache", "+parallel", "+both", "ar", "block-1", "block")
+BLOCK_METHODS = ("block-1", "block")
 COLUMNS = (
     "batch",
     "gen_length",
@@ -75,11 +81,14 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> float:
     return same / total if total else 1.0
 
 
-def method_config(method: str, G: int, bl: int, a) -> GenerationConfig | None:
+def method_config(method: str, G: int, bl: int, a, block_size: int = 0) -> GenerationConfig | None:
+    """The generation settings of a method; `block_size`: the block model's (block methods)."""
     if method == "ar":
         return GenerationConfig(gen_length=G, steps=G, stop_at_eos=a.stop_at_eos, dtype=a.dtype)
-    parallel = method in ("+parallel", "+both")
+    parallel = method in ("+parallel", "+both", "block")
     cache = a.cache if method in ("+cache", "+both") else "none"
+    if method in BLOCK_METHODS:
+        bl, cache = block_size or bl, "block"
     return GenerationConfig(
         gen_length=G,
         steps=G,
@@ -210,9 +219,16 @@ def task_score(lm, tasks, method: str, a) -> float | None:
 
     if method == "ar":
         return code.evaluate_infill(lm, tasks, seed=a.seed)["exact_match"]
-    cfg = method_config(method, 1, 1, a)
+    cfg = method_config(method, 1, 1, a, 1)
     kw = dict(policy=cfg.policy, threshold=cfg.threshold, cache=cfg.cache, cache_refresh=cfg.cache_refresh)
     return code.evaluate_infill(lm, tasks, seed=a.seed, dtype=a.dtype, **kw)["exact_match"]
+
+
+def _available(model: str) -> bool:
+    """A folder that exists or a built-in name that ships."""
+    from .builtin import BUILTIN_MODELS
+
+    return Path(model).exists() or model in BUILTIN_MODELS
 
 
 def _fit(G: int, bl: int, prompts, limit: int | None) -> int:
@@ -236,6 +252,10 @@ def run(a, log=lambda msg: None) -> dict:
             raise InputError("--methods", f"got {m!r}; allowed: {', '.join(METHODS)}")
     if not a.ar_model or a.ar_model.lower() == "none":
         methods = [m for m in methods if m != "ar"]
+    if not a.block_model or a.block_model.lower() == "none" or not _available(a.block_model):
+        if a.block_model and a.block_model.lower() != "none" and any(m in BLOCK_METHODS for m in methods):
+            log(f"no block-diffusion model {a.block_model!r} here: block rows skipped")
+        methods = [m for m in methods if m not in BLOCK_METHODS]
     for name, v in (("--batch-size", a.batch_size), ("--gen-length", a.gen_length)):
         if any(x < 1 for x in v):
             raise InputError(name, f"got {v}; every value must be >= 1")
@@ -249,33 +269,41 @@ def run(a, log=lambda msg: None) -> dict:
         ar = load(a.ar_model, device=device)
         if not ar.is_causal:
             raise InputError("--ar-model", f"{a.ar_model} is not a causal (autoregressive) model")
+    block = None
+    if any(m in BLOCK_METHODS for m in methods):
+        block = load(a.block_model, device=device)
+        if block.model.config.attention != "block_causal":
+            raise InputError("--block-model", f"{a.block_model} is not a block-diffusion (block_causal) model")
+    models = {"ar": ar, **{m: block for m in BLOCK_METHODS}}
+    block_size = block.model.config.block_size if block is not None else 0
     prompts, texts, tasks = load_prompts(a, lm)
     log(f"{len(prompts)} prompts, {len(tasks)} infilling tasks, methods {', '.join(methods)}")
 
     scores = {}
     for m in methods:
-        scores[m] = task_score(ar if m == "ar" else lm, tasks, m, a)
+        scores[m] = task_score(models.get(m) or lm, tasks, m, a)
     rows, examples = [], {}
     for G0 in a.gen_length:
-        limit = lm.model.config.max_seq_len
-        if ar is not None:
-            limit = min(limit, ar.model.config.max_seq_len)
+        limit = min(x.model.config.max_seq_len for x in (lm, ar, block) if x is not None)
         G = _fit(G0, a.block_length, prompts, limit)
         if G < 1:
             raise InputError("--gen-length", f"no room for a block of {a.block_length} after the prompts")
         if G != G0:
             log(f"gen_length {G0} does not fit max_seq_len {limit} after the prompts: using {G}")
         for B in a.batch_size:
-            ref = None
+            ref, refs = None, {}
             for m in methods:
-                cfg = method_config(m, G, a.block_length, a)
-                fn, model = (generate_autoregressive, ar.model) if m == "ar" else (generate, lm.model)
+                cfg = method_config(m, G, a.block_length, a, block_size)
+                fn = generate_autoregressive if m == "ar" else generate
+                model = (models.get(m) or lm).model
                 log(f"batch {B} gen_length {G}: {m}")
                 res = measure(fn, model, prompts, cfg, B, a.runs, device)
                 gens = res.pop("gens")
+                if m in ("reference", "block-1"):
+                    refs[m] = gens
                 if m == "reference":
                     ref = res
-                    ref["gens"] = gens
+                same = refs.get("block-1") if m in BLOCK_METHODS else refs.get("reference")
                 row = {
                     "batch": B,
                     "gen_length": G,
@@ -283,20 +311,21 @@ def run(a, log=lambda msg: None) -> dict:
                     "policy": "ar" if m == "ar" else cfg.policy,
                     "cache": "kv" if m == "ar" else cfg.cache,
                     **{k: res[k] for k in ("tok_s", "nfe", "tpf", "p50_s", "peak_rss_mb")},
-                    "agreement": None if m == "ar" else agreement(gens, ref["gens"]),
+                    "agreement": None if m == "ar" or same is None else agreement(gens, same),
                     "task_score": scores[m],
                     "x_reference": res["tok_s"] / ref["tok_s"],
                 }
                 if "peak_cuda_mb" in res:
                     row["peak_cuda_mb"] = res["peak_cuda_mb"]
                 rows.append(row)
-                tok = (ar if m == "ar" else lm).tokenizer
+                tok = (models.get(m) or lm).tokenizer
                 examples.setdefault(m, {"prompt": texts[0], "text": tok.decode(gens[0], skip_special_tokens=True)})
     settings = {
         k: getattr(a, k)
         for k in (
             "model",
             "ar_model",
+            "block_model",
             "batch_size",
             "gen_length",
             "block_length",
@@ -344,6 +373,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="builtin", help="diffusion model folder or built-in name (default builtin)")
     p.add_argument("--ar-model", default="builtin-ar", help="causal twin (default builtin-ar); 'none' to skip")
+    p.add_argument(
+        "--block-model", default="builtin-block", help="block-diffusion model (default builtin-block); 'none' to skip"
+    )
     p.add_argument("--batch-size", type=int, nargs="+", default=[1, 8])
     p.add_argument("--gen-length", type=int, nargs="+", default=[256, 1024])
     p.add_argument("--block-length", type=int, default=32)

@@ -60,8 +60,12 @@ def test_a_packed_example_sees_only_itself(attention):
     torch.testing.assert_close(packed[0, 7:], net(b[None])[0], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("objective", ["diffusion", "ar"])
+@pytest.mark.parametrize("objective", ["diffusion", "ar", "block"])
 def test_packed_sft_training_lowers_heldout_answer_loss(tmp_path, objective):
+    """`block`: the block-diffusion process (its per-block levels and two streams follow each packed example's
+    own positions)."""
+    process = {"process": "block", "block_size": 8} if objective == "block" else {}
+    objective = "diffusion" if objective == "block" else objective
     cfg = {
         "out_dir": str(tmp_path / "run"),
         "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 64},
@@ -73,6 +77,7 @@ def test_packed_sft_training_lowers_heldout_answer_loss(tmp_path, objective):
             "pack": True,
         },  # fmt: skip
         "tokenizer": {"path": str(BUILTIN)},
+        "diffusion": process,
         "optim": {"lr": 3e-3, "warmup_steps": 2},
         "train": {
             "objective": objective,

@@ -39,6 +39,9 @@ def models(tmp_path_factory):
     gen = GenerationConfig(gen_length=16, steps=16)
     tiny_lm(tok, "bidirectional", max_seq_len=256, gen=gen).save_pretrained(d / "diffusion")
     tiny_lm(tok, "causal", max_seq_len=256, gen=gen).save_pretrained(d / "ar")
+    block = tiny_lm(tok, "block_causal", max_seq_len=256, gen=gen)
+    block.model.config.block_size = 4
+    block.save_pretrained(d / "block")
     (d / "test.jsonl").write_text(json.dumps({"text": FUNCTIONS}) + "\n")
     return d
 
@@ -51,7 +54,8 @@ def test_agreement_is_exact_token_agreement():
 
 def test_dlm_bench_quick_json_reports_every_method_with_the_named_columns(models):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    args = ["--model", models / "diffusion", "--ar-model", models / "ar", "--task-data", models / "test.jsonl"]
+    args = ["--model", models / "diffusion", "--ar-model", models / "ar", "--block-model", models / "block"]
+    args += ["--task-data", models / "test.jsonl"]
     p = subprocess.run(
         [sys.executable, "-m", "dlm.cli", "bench", "--quick", "--json", *map(str, args)],
         capture_output=True,
@@ -75,6 +79,9 @@ def test_dlm_bench_quick_json_reports_every_method_with_the_named_columns(models
         assert by["+parallel"]["policy"] == "threshold" and by["+cache"]["cache"] == "dual"
         assert all(0.0 <= by[m]["agreement"] <= 1.0 for m in ("+cache", "+parallel", "+both"))
         assert by["ar"]["agreement"] is None and by["ar"]["cache"] == "kv"
+        assert by["block-1"]["cache"] == by["block"]["cache"] == "block" and by["block"]["policy"] == "threshold"
+        assert by["block-1"]["agreement"] == 1.0 and 0.0 <= by["block"]["agreement"] <= 1.0
+    assert res["settings"]["block_model"] == str(models / "block")
 
 
 def test_dlm_bench_bad_input_names_the_option(models, capsys):
@@ -82,3 +89,5 @@ def test_dlm_bench_bad_input_names_the_option(models, capsys):
     assert "--model" in capsys.readouterr().err
     assert main(["--quick", "--model", str(models / "diffusion"), "--methods", "reference,warp"]) == 2
     assert "--methods" in capsys.readouterr().err
+    assert main(["--quick", "--model", str(models / "diffusion"), "--block-model", str(models / "diffusion")]) == 2
+    assert "--block-model" in capsys.readouterr().err

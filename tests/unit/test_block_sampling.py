@@ -41,8 +41,24 @@ def run_recording(model, prompts, cfg):
     return [d.pop_result(h) for h in handles], steps
 
 
+@pytest.fixture(scope="module")
+def shifted():
+    return _sharp(attention="block_causal", block_size=4, shift_logits=True)
+
+
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 def test_block_cache_gives_the_uncached_logits_at_every_step(model, policy):
+    check_cache_exact(model, policy)
+
+
+@pytest.mark.parametrize("policy", ["low_confidence", "threshold"])
+def test_block_cache_is_exact_for_shifted_families(shifted, policy):
+    """Logits at i-1 predict token i: a block's first token is read from the last slot of the clean block before
+    it, which the window recomputes as a query without recomputing its block."""
+    check_cache_exact(shifted, policy)
+
+
+def check_cache_exact(model, policy):
     kw = dict(policy=policy, threshold=0.5, seed=3, temperature=0.0 if policy != "random" else 1.0)
     ref, ref_steps = run_recording(model, PROMPTS, _cfg(cache="none", **kw))
     got, got_steps = run_recording(model, PROMPTS, _cfg(cache="block", **kw))

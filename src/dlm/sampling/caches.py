@@ -60,6 +60,7 @@ class _CanvasWindowCache(SamplingCache):
             raise ConfigError("cache", f"{type(model).__name__} has no canvas-cache hook for {self.name!r}; use 'none'")
         cfg = getattr(model, "config", None)
         self.block_causal = getattr(cfg, "attention", None) == "block_causal"
+        self.shift = int(bool(getattr(cfg, "shift_logits", False)))  # the loop's window starts one slot early
         self.model_block = int(getattr(cfg, "block_size", 1) or 1)
         self.store = CanvasCache(length, lazy=self.lazy)
 
@@ -154,9 +155,12 @@ class BlockCache(_CanvasWindowCache):
     def plan(self, step, block_start, block_end, positions, force_refresh):
         if self.frontier is None:
             self.frontier = torch.zeros_like(block_start)
-        _, start, we = super().plan(step, block_start, block_end, positions, force_refresh)
+        # block_start is where the loop needs logits from: one slot before the active block for shifted families
+        # (that slot is clean: recomputing its query alone is exact, its block need not be)
+        active = torch.minimum(block_start + self.shift, block_end - 1)
+        _, start, we = super().plan(step, active, block_end, positions, force_refresh)
         we = torch.where(force_refresh, self.length, we)  # noise in the user's text may sit past the block
-        ws = torch.minimum(self.frontier, start)
+        ws = torch.minimum(torch.minimum(self.frontier, start), block_start)
         self.frontier = torch.where(force_refresh, self.frontier, start)  # this forward writes [ws, start) clean
         return torch.zeros_like(force_refresh), ws, we
 
