@@ -156,3 +156,43 @@ def test_elbo_bound_uses_the_two_streams_and_is_finite():
     assert key_positions(km, 12, None)[1, -1] == 8
     part = proc.elbo_nll(net, x0, 4, attention_mask=km, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(part).all()
+
+
+def test_attention_annealing_opens_from_causal_to_the_process_own():
+    """DiffuLLaMA's annealing (diffusion.anneal_steps): at step 0 the noisy positions attend causally, at step N
+    and in evaluation (no grad) with the process's own attention; in between each later pair opens with
+    probability step / N, the same draw for the same step."""
+    mc = ModelConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=4, mask_token_id=39)
+    torch.manual_seed(0)
+    net = Transformer(mc)
+    proc = build_process(DiffusionConfig(anneal_steps=10), mc)
+    x = torch.randint(0, 39, (2, 12), generator=torch.Generator().manual_seed(0))
+    proc.at_step(0)
+    causal = Transformer(ModelConfig(**{**mc.__dict__, "attention": "causal"}))
+    causal.load_state_dict(net.state_dict())
+    torch.testing.assert_close(proc.denoise(net, x, x), causal(x), rtol=1e-5, atol=1e-5)
+    proc.at_step(5)
+    half = proc.anneal_open(12, "cpu")
+    later = torch.ones(12, 12, dtype=torch.bool).triu(1)
+    assert 0 < int((half & later).sum()) < int(later.sum()) and bool(half[~later].all())
+    assert torch.equal(half, proc.anneal_open(12, "cpu"))
+    with torch.no_grad():
+        assert proc.anneal_open(12, "cpu") is None
+        torch.testing.assert_close(proc.denoise(net, x, x), net(x))
+    proc.at_step(10)
+    assert proc.anneal_open(12, "cpu") is None
+
+    bnet, bproc = tiny()
+    bproc.config.anneal_steps = 10
+    bproc.at_step(0)
+    xt = x.masked_fill(torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.5, 39)
+    annealed = bproc.denoise(bnet, xt, x)
+    bproc.at_step(10)
+    opened = bproc.denoise(bnet, xt, x)
+    # at step 0 the first noisy position sees only itself (causal), once opened its whole block
+    with torch.no_grad():
+        alone = bnet(xt[:, :1])[:, 0]
+    torch.testing.assert_close(annealed[:, 0], alone, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(opened[:, 0], alone, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ConfigError, match="diffusion.anneal_steps"):
+        DiffusionConfig(anneal_steps=-1)

@@ -43,6 +43,10 @@ class DiffusionConfig:
     train_t: list[float] | None = None
     block_size: int | None = None  # block process: tokens per block (None: the model's block_size)
     shift_logits: bool | None = None  # None: the model's own; true: logits at i-1 predict token i (Dream)
+    # DiffuLLaMA's attention-mask annealing (AR adaptation): over the first N training steps the attention among
+    # noisy positions opens from causal to the process's own (each forward-looking pair opens with probability
+    # step / N); 0 = off. Held-out evaluation always uses the final attention.
+    anneal_steps: int = 0
 
     def __post_init__(self) -> None:
         _load_builtin_processes()
@@ -58,6 +62,8 @@ class DiffusionConfig:
                     "diffusion.train_t", f"got {self.train_t!r}; must be [lo, hi] with eps={self.eps} <= lo < hi <= 1"
                 )
             self.train_t = [lo, hi]
+        if not isinstance(self.anneal_steps, int) or self.anneal_steps < 0:
+            raise ConfigError("diffusion.anneal_steps", f"got {self.anneal_steps!r}; must be an integer >= 0")
         if self.block_size is not None and (not isinstance(self.block_size, int) or self.block_size < 1):
             raise ConfigError("diffusion.block_size", f"got {self.block_size!r}; must be a positive integer or null")
         if not 0.0 <= self.random_length_prob <= 1.0:
@@ -141,6 +147,22 @@ class NoiseProcess:
         self.mask_token_id = None if mask_token_id is None else int(mask_token_id)
         self.shift_logits = bool(shift_logits)
         self.fused = True  # fused chunked head + cross-entropy for dlm Transformers (False: plain logits)
+        self.step = None  # the training step (`at_step`), for processes whose training changes with it
+
+    def at_step(self, step: int) -> None:
+        """The trainer's optimizer step about to run (annealing schedules read it)."""
+        self.step = int(step)
+
+    def anneal_open(self, length: int, device) -> torch.Tensor | None:
+        """DiffuLLaMA's annealing: (L, L) bool, True where a query may look at a later noisy slot at this training
+        step (each pair with probability step / anneal_steps, drawn from a generator seeded by the step, so a
+        resumed run draws the same); None once annealing is over, outside training or when it is off."""
+        n = self.config.anneal_steps
+        if not n or self.step is None or self.step >= n or not torch.is_grad_enabled():
+            return None
+        g = torch.Generator().manual_seed(self.step)
+        later = torch.ones(length, length, dtype=torch.bool).triu(1)
+        return (~later | (torch.rand(length, length, generator=g) < self.step / n)).to(device)
 
     @classmethod
     def resolve(cls, config: DiffusionConfig, model_config):

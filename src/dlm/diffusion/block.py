@@ -92,6 +92,10 @@ class BlockDiffusion(MaskedDiffusion):
         net, positions, segments = self._parts(model, L, attention_mask, xt.device)
         key_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
         mask = two_stream_mask(L, self.block_size, key_mask=key_mask, segment_ids=segments, positions=positions)
+        opened = self.anneal_open(L, xt.device)
+        if opened is not None:  # annealing: inside a noisy block, from causal to bidirectional
+            mask = mask.clone()
+            mask[..., :L, :L] &= opened
         pos2 = torch.cat([positions, positions], 1).expand(B, 2 * L)
         out = net(torch.cat([xt, x0], 1), attention_mask=mask, position_ids=pos2, return_hidden=return_hidden)
         if not self.shift_logits:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError, check_choice
+from ..model.masks import build_mask
 from .base import DiffusionConfig, LossOutput, NoiseProcess, ReverseProcess, StepContext, StepResult, rand
 from .base import register_process
 from .fused_ce import chunked_cross_entropy, weighted_cross_entropy
@@ -79,6 +80,14 @@ class MaskedDiffusion(NoiseProcess):
         """The network's (B, L, ·) output for the noisy canvas `xt`, aligned so that position i predicts token i:
         logits, or final hidden states with `return_hidden`. `x0` (the clean sequence) is there for processes
         whose network also sees it (the block process's two streams); this one does not."""
+        opened = self.anneal_open(xt.shape[1], xt.device)
+        if opened is not None:  # annealing from causal: the network's own mask, narrowed
+            if getattr(model, "segment_ids", None) is not None or getattr(model, "config", None) is None:
+                raise ConfigError("diffusion.anneal_steps", "annealing needs a dlm network without data.pack")
+            key_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+            cfg = model.config
+            own = build_mask(cfg.attention, xt.shape[1], key_mask=key_mask, block_size=cfg.block_size, device=xt.device)
+            attention_mask = opened[None, None] if own is None else own & opened
         return align_logits(model(xt, attention_mask=attention_mask, return_hidden=return_hidden), self.shift_logits)
 
     def _logits(self, model, xt, x0, attention_mask):

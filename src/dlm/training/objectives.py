@@ -77,6 +77,11 @@ class Objective:
         """The diffusion settings saved with the exported model (None: not a diffusion model)."""
         return None if self.process is None else self.process.config
 
+    def at_step(self, step: int) -> None:
+        """The trainer's optimizer step about to run (for objectives whose training changes with it)."""
+        if self.process is not None:
+            self.process.at_step(step)
+
     def normalizer_tokens(self, batch: dict) -> torch.Tensor | None:
         """This rank's count of the tokens the loss averages over when that average must be over the global batch
         (the trainer sums it over the ranks and passes it back to `loss` as `normalizer`, divided by the world

@@ -179,6 +179,7 @@ class Trainer:
         tc, world = self.cfg.train, self.env.world_size
         loss_sum = torch.zeros((), dtype=torch.float64)
         crc = 0
+        self.objective.at_step(self.step)
         for micro in range(tc.grad_accum):
             batch = next(self.batches)
             crc = zlib.crc32(np.ascontiguousarray(self.batches.last_indices, dtype=np.int64).tobytes(), crc)
