@@ -10,10 +10,12 @@ import json
 import sys
 from pathlib import Path
 
+from model_card_tables import MODELS
+
 
 def main(argv=None) -> None:
     d = Path((argv or sys.argv[1:] or ["runs/model-card"])[0])
-    for m, label in (("builtin", "diffusion"), ("builtin-ar", "AR twin")):
+    for m, label in MODELS:
         p = d / f"samples-{m}.jsonl"
         if not p.is_file():
             continue
