@@ -101,6 +101,7 @@ def test_a_request_gives_the_same_text_alone_and_batched(server):
         ({"model": "builtin", "prompt": "x", "max_tokens": -3}, 400, "max_tokens"),
         ({"model": "builtin", "prompt": "x", "policy": "psychic"}, 400, "policy"),
         ({"model": "builtin", "prompt": "x", "cache": "disk"}, 400, "cache"),
+        ({"model": "builtin", "prompt": "x", "cache": "block"}, 400, "cache"),  # not a block-causal model
         ({"model": "builtin", "prompt": "x", "temperature": 9}, 400, "temperature"),
         ({"model": "builtin", "prompt": "x " * 2000}, 400, "prompt"),
         ({"model": "builtin", "prompt": 5}, 400, "prompt"),
@@ -185,5 +186,32 @@ def test_full_queue_answers_429_and_a_disconnected_stream_stops(lm):
         assert h["running"] == 0 and h["queue"] == 0
         m = httpx.get(s.url + "/metrics").text
         assert 'status="429"' in m and 'status="cancelled"' in m
+    finally:
+        s.stop()
+
+
+def test_a_block_diffusion_model_serves_with_its_exact_cache_batched_as_alone():
+    """A block-causal model behind the server: its own aligned blocks and cache="block"; requests that share
+    denoising steps (joining and leaving) give the text each gives alone."""
+    from dlm.sampling import GenerationConfig
+    from dlm.builtin import builtin_path
+    from dlm.tokenizer import DLMTokenizer
+    from tests.conftest import tiny_lm
+
+    tok = DLMTokenizer.from_dir(builtin_path("builtin"))
+    gen = GenerationConfig(gen_length=16, steps=16, block_length=4, cache="block", policy="threshold")
+    block = tiny_lm(tok, "block_causal", max_seq_len=256, gen=gen)
+    block.model.config.block_size = 4
+    s = Server(block, model_name="block", max_batch=4, max_queue=16)
+    try:
+        c = _client(s)
+        prompts = ["def add(a, b):", "class Stack:", "import sys\n", "for i in range(10):", "x = 1"]
+        kw = dict(model="block", max_tokens=12, seed=0)
+        alone = [c.completions.create(prompt=p, **kw).choices[0].text for p in prompts]
+        with ThreadPoolExecutor(len(prompts)) as ex:
+            together = list(ex.map(lambda p: c.completions.create(prompt=p, **kw).choices[0].text, prompts))
+        assert together == alone
+        r = httpx.post(s.url + "/v1/completions", json={**kw, "prompt": "x", "cache": "dual"}, timeout=30)
+        assert r.status_code == 200  # dual is exact for block-causal models too
     finally:
         s.stop()

@@ -22,7 +22,7 @@ from ..sampling import GenerationConfig
 RENAMED = {"dtype": "autocast"}  # --dtype is the weights dtype of every command that loads a model
 HELP = {
     "dtype": "Compute dtype: float32 | bfloat16 (autocast).",
-    "cache": "none | prefix | dual.",
+    "cache": "none | prefix | dual | block (block-causal models: exact).",
     "cache_refresh": "Also refresh the cache every N steps (0: at block starts only).",
     "compile": "torch.compile the forward.",
 }

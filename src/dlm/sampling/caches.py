@@ -188,3 +188,9 @@ class BlockCache(_CanvasWindowCache):
 
 
 register_cache(SamplingCache)
+
+
+def check_cache(name: str, model) -> None:
+    """ConfigError("cache", …) unless cache `name` works with `model` (what building one checks, without a
+    generation: the server answers 400 before queueing)."""
+    CACHES[name](model, 1, 0, 0.0)

@@ -28,6 +28,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 
+from ..sampling.caches import check_cache
 from .engine import Engine, Job, QueueFull
 from .errors import APIError, add_error_handlers
 from .limits import CHARS_PER_TOKEN, MAX_BODY_BYTES, APIKey, BodyLimit, check_chars, check_text, tokenize
@@ -90,6 +91,7 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
         try:
             cfg = lm.make_config(None, gen_length=G, block_length=bl, steps=min(steps, G), **over)
             cfg.validate()
+            check_cache(cfg.cache, lm.model)
         except Exception as e:  # ConfigError names the field
             raise APIError(400, str(e), getattr(e, "field", None)) from None
         return cfg
