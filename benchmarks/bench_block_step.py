@@ -25,7 +25,7 @@ from dataclasses import replace
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import machine, print_table  # noqa: E402
+from common import machine, median_time, print_table  # noqa: E402
 
 from dlm.builtin import builtin_path  # noqa: E402
 
@@ -45,14 +45,7 @@ def load_config(path) -> ModelConfig:
 
 
 def timed(fn, runs: int) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_time(fn, warmup=5, runs=runs)[0]
 
 
 def block_forward(net, ids, prefix: int, k: int):
