@@ -298,6 +298,36 @@ def test_sft_dataset_prompt_lengths_and_eos_padding(tmp_path, tok):
     assert np.array_equal(again.tokens, train.tokens) and np.array_equal(again.prompt_lengths, train.prompt_lengths)
 
 
+def test_prompt_completion_records_as_text_or_token_ids(tmp_path, tok):
+    """Raw SFT examples without a chat template (distillation data): {"prompt", "completion"} texts, or
+    {"prompt_ids", "completion_ids"} kept token for token; the completion gets the EOS and its padding."""
+    ids = tok.encode("def add(a, b):\n    return a + b\n", parse_special=False)
+    records = [
+        {"prompt": "import os\n", "completion": "print(os.sep)\n"},
+        {"prompt_ids": ids[:4], "completion_ids": ids[4:]},
+    ]
+    write_jsonl(tmp_path / "pc.jsonl", records)
+    L = 24
+    cfg = DataConfig(train=[str(tmp_path / "pc.jsonl")], task="sft", seq_len=L, valid_fraction=0.0)
+    train, _ = build_dataset(cfg, tok, tmp_path / "cache")
+    first = tok.encode("import os\n", parse_special=False), tok.encode("print(os.sep)\n", parse_special=False)
+    for i, (prompt, answer) in enumerate([first, (ids[:4], ids[4:])]):
+        body = prompt + answer + [tok.eos_token_id]
+        assert int(train.prompt_lengths[i]) == len(prompt)
+        assert train[i].tolist() == body + [tok.eos_token_id] * (L - len(body))
+    pre, _ = build_dataset(DataConfig(train=[str(tmp_path / "pc.jsonl")], seq_len=8, valid_fraction=0.0), tok,
+                           tmp_path / "cache-pre")  # fmt: skip
+    assert pre.tokens.tolist()[: len(first[0]) + len(first[1]) + 1] == first[0] + first[1] + [tok.eos_token_id]
+
+    write_jsonl(tmp_path / "bad.jsonl", [{"prompt_ids": [1, 2], "completion_ids": [tok.vocab_size + 5]}])
+    bad = DataConfig(train=[str(tmp_path / "bad.jsonl")], task="sft", seq_len=L, valid_fraction=0.0)
+    with pytest.raises(InputError, match="completion_ids.*outside the vocabulary"):
+        build_dataset(bad, tok, tmp_path / "cache-bad")
+    write_jsonl(tmp_path / "bad2.jsonl", [{"prompt_ids": "12", "completion": "x"}])
+    with pytest.raises(InputError, match="prompt_ids"):
+        list(iter_documents([tmp_path / "bad2.jsonl"]))
+
+
 # ---- batching ------------------------------------------------------------------------------------
 def windows(n: int, L: int = 4) -> PackedDataset:
     return PackedDataset(np.arange(n * L, dtype=np.uint16), L)  # window i starts with token i*L

@@ -3,6 +3,8 @@ and assign each document to the train or held-out split by a stable hash."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import fnmatch
 import glob
 import hashlib
@@ -21,7 +23,20 @@ TEXT_SUFFIXES = {".txt", ".py", ".md", ".rst", ".jsonl", ".json", ".csv", ".parq
 TABLE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow", ".json": "json"}
 SKIP_DIRS = {"__pycache__", "site-packages", "dist-packages", "node_modules"}
 
-Doc = tuple[str, "str | list[dict]"]
+
+@dataclass(frozen=True)
+class Completion:
+    """A raw SFT example without a chat template: a prompt and its completion, as texts or as token ids of the
+    run's tokenizer (`prompt_ids` / `completion_ids`: distillation data keeps the teacher's exact tokens)."""
+
+    prompt: str | tuple[int, ...]
+    completion: str | tuple[int, ...]
+
+    def texts(self) -> list[str]:
+        return [v for v in (self.prompt, self.completion) if isinstance(v, str) and v]
+
+
+Doc = tuple[str, "str | list[dict] | Completion"]
 
 
 def _expand_pattern(pattern: str) -> str:
@@ -101,7 +116,25 @@ def _record_doc(where: str, rec, text_field: str):
         return text if text.strip() else None
     if rec.get("messages") is not None:
         return _check_messages(where, rec["messages"])
-    raise InputError(where, f"has neither a {text_field!r} string field nor a 'messages' list (keys: {sorted(rec)})")
+    if any(k in rec for k in ("completion", "completion_ids")):
+        return Completion(_part(where, rec, "prompt"), _part(where, rec, "completion"))
+    raise InputError(
+        where,
+        f"has no {text_field!r} string, 'messages' list or 'prompt'/'completion' pair (keys: {sorted(rec)})",
+    )
+
+
+def _part(where: str, rec: dict, name: str):
+    """A Completion's `name` part: the string `name`, or the token ids `name`_ids (non-negative integers)."""
+    if rec.get(f"{name}_ids") is not None:
+        ids = rec[f"{name}_ids"]
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+            raise InputError(where, f"field '{name}_ids' must be a list of non-negative integer token ids")
+        return tuple(ids)
+    value = rec.get(name, "")
+    if not isinstance(value, str):
+        raise InputError(where, f"field {name!r} must be a string, got {type(value).__name__}")
+    return value
 
 
 def _iter_jsonl(path: Path, text_field: str) -> Iterator[Doc]:
@@ -175,7 +208,10 @@ def document_texts(paths, text_field: str = "text", max_bytes: int = 0) -> Itera
     model will read rather than on raw JSONL bytes; stops after about max_bytes (0 = no cap)."""
     total = 0
     for _, doc in iter_documents(paths, text_field):
-        parts = [doc] if isinstance(doc, str) else [m.get("content", "") for m in doc]
+        if isinstance(doc, Completion):
+            parts = doc.texts()
+        else:
+            parts = [doc] if isinstance(doc, str) else [m.get("content", "") for m in doc]
         for t in parts:
             if t:
                 total += len(t.encode("utf-8", errors="replace"))
@@ -197,6 +233,9 @@ def _hash_unit(doc_id: str, seed: int) -> float:
 def _doc_bytes(doc) -> int:
     if isinstance(doc, str):
         return len(doc.encode("utf-8", errors="replace"))
+    if isinstance(doc, Completion):
+        return sum(len(v.encode("utf-8", errors="replace")) if isinstance(v, str) else 4 * len(v)
+                   for v in (doc.prompt, doc.completion))  # fmt: skip
     return sum(len(m["content"].encode("utf-8", errors="replace")) for m in doc)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .documents import Doc, _doc_bytes, _hash_unit, iter_documents, split_of
+from .documents import Completion, Doc, _doc_bytes, _hash_unit, iter_documents, split_of
 
 if TYPE_CHECKING:
     from .data import DataConfig
@@ -127,19 +127,29 @@ def _tokenize_docs(cfg: DataConfig, tokenizer, docs: list[Doc]) -> list[tuple[st
     eos = tokenizer.eos_token_id
     if cfg.task == "pretrain":
         plain = [d for _, d in docs if isinstance(d, str)]  # special-token strings in text stay text
-        chats = [tokenizer.apply_chat_template(d, tokenize=False) for _, d in docs if not isinstance(d, str)]
+        chats = [tokenizer.apply_chat_template(d, tokenize=False) for _, d in docs if isinstance(d, list)]
         plain_ids = iter(tokenizer.encode_batch(plain, parse_special=False))
         chat_ids = iter(tokenizer.encode_batch(chats))
-        return [(doc_id, next(plain_ids if isinstance(d, str) else chat_ids) + [eos], 0) for doc_id, d in docs]
+
+        def ids(doc_id, d):
+            if isinstance(d, Completion):
+                prompt, answer = _completion_ids(tokenizer, doc_id, d)
+                return prompt + answer
+            return next(plain_ids if isinstance(d, str) else chat_ids) + [eos]
+
+        return [(doc_id, ids(doc_id, d), 0) for doc_id, d in docs]
     out = []
     for doc_id, d in docs:
         if isinstance(d, str):
             raise InputError(
                 "data.task",
-                f"is 'sft' but {doc_id} is plain text; SFT needs chat examples with a 'messages' list",
+                f"is 'sft' but {doc_id} is plain text; SFT needs chat examples with a 'messages' list or "
+                "'prompt'/'completion' pairs",
             )
         try:
-            prompt, answer = tokenizer.sft_example(d)
+            prompt, answer = (
+                _completion_ids(tokenizer, doc_id, d) if isinstance(d, Completion) else tokenizer.sft_example(d)
+            )
         except InputError as e:
             raise InputError(doc_id, str(e)) from None
         ids = (prompt + answer)[: cfg.seq_len]
@@ -149,6 +159,23 @@ def _tokenize_docs(cfg: DataConfig, tokenizer, docs: list[Doc]) -> list[tuple[st
             continue
         out.append((doc_id, ids + [eos] * (cfg.seq_len - len(ids)), plen))
     return out
+
+
+def _completion_ids(tokenizer, doc_id: str, c: Completion) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids + EOS): texts tokenised as training text (special-token strings stay text),
+    token ids checked against the vocabulary."""
+
+    def ids(value, name: str) -> list[int]:
+        if isinstance(value, str):
+            return tokenizer.encode(value, parse_special=False) if value else []
+        bad = [t for t in value if t >= tokenizer.vocab_size]
+        if bad:
+            raise InputError(
+                f"{doc_id}: {name}_ids", f"holds ids outside the vocabulary [0, {tokenizer.vocab_size}): {bad[:3]}"
+            )
+        return list(value)
+
+    return ids(c.prompt, "prompt"), ids(c.completion, "completion") + [tokenizer.eos_token_id]
 
 
 def _build_cache(cfg: DataConfig, tokenizer, cache: Path, train_paths, valid_paths, fp: str) -> dict:
