@@ -38,10 +38,12 @@ eval_app = typer.Typer(no_args_is_help=True, help="Evaluate models.")
 tok_app = typer.Typer(no_args_is_help=True, help="Tokenizers.")
 tasks_app = typer.Typer(no_args_is_help=True, help="Task suites: sudoku, countdown, arithmetic, facts.")
 data_app = typer.Typer(no_args_is_help=True, help="Training corpora.")
+distill_app = typer.Typer(no_args_is_help=True, help="Distillation data from a causal teacher.")
 app.add_typer(eval_app, name="eval")
 app.add_typer(tok_app, name="tokenizer")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(data_app, name="data")
+app.add_typer(distill_app, name="distill")
 
 MODEL_HELP = (
     "A checkpoint folder (dlm, LLaDA, Dream, LLaMA/Qwen2/Mistral safetensors), a .gguf file, or a built-in model: "
