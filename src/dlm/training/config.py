@@ -121,6 +121,17 @@ class LoraSection:
 
 
 @dataclass
+class DistillSection:
+    """Options of the `certainty` objective (dParallel's certainty-forcing distillation; docs/training.md)."""
+
+    certainty_weight: float = 1.0  # weight of the entropy term on masked positions the student already gets right
+    complementary: bool = True  # each example also trained with the complementary mask (every answer token once)
+
+    def __post_init__(self):
+        check_positive("distill.certainty_weight", self.certainty_weight, allow_zero=True)
+
+
+@dataclass
 class RunConfig:
     out_dir: str = "runs/default"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -131,6 +142,7 @@ class RunConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)  # saved with the final model
     lora: LoraSection = field(default_factory=LoraSection)
+    distill: DistillSection = field(default_factory=DistillSection)
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

@@ -214,3 +214,6 @@ def build_objective(run_config, model_config) -> Objective:
     (before the objective fits it: read the result's `model_config`)."""
     check_choice("train.objective", run_config.train.objective, OBJECTIVES)
     return OBJECTIVES[run_config.train.objective](run_config, model_config)
+
+
+from . import certainty  # noqa: E402, F401  (registers the certainty objective; it builds on Diffusion)
