@@ -121,3 +121,14 @@ def test_in_prompt_masks_are_filled_exactly_with_the_block_cache(model):
 def test_block_cache_refuses_a_bidirectional_network():
     with pytest.raises(ConfigError, match="cache.*block_causal"):
         generate(_sharp(), [[1, 2]], _cfg(cache="block"))
+
+
+def test_a_block_model_refuses_a_length_that_is_not_whole_blocks():
+    from dlm.builtin import builtin_path
+    from dlm.tokenizer import DLMTokenizer
+    from tests.conftest import tiny_lm
+
+    lm = tiny_lm(DLMTokenizer.from_dir(builtin_path("builtin")), "block_causal", gen=_cfg(cache="block"))
+    assert len(lm.generate("x = 1", gen_length=8)[0].tokens) <= 8
+    with pytest.raises(ConfigError, match="gen_length.*multiple of 4"):
+        lm.generate("x = 1", gen_length=6)

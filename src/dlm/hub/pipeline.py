@@ -85,6 +85,12 @@ class DiffusionLM:
         if overrides.get("gen_length") is not None and overrides.get("block_length") is None:
             bl = base["block_length"]
             if bl and base["gen_length"] % bl:
+                if getattr(self.model.config, "attention", None) == "block_causal":  # one block would break its blocks
+                    raise ConfigError(
+                        "gen_length",
+                        f"got {base['gen_length']}; this block-diffusion model generates whole blocks of {bl}: "
+                        f"use a multiple of {bl}",
+                    )
                 base["block_length"] = None
         if overrides.get("gen_length") is not None and overrides.get("steps") is None:
             base["steps"] = min(base["steps"], base["gen_length"])
