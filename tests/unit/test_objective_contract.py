@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dlm.diffusion import PROCESSES, DiffusionConfig
+from dlm.errors import ConfigError
 from dlm.model import Transformer
 from dlm.training import RunConfig
 from dlm.training.config import LoopConfig
@@ -41,6 +42,10 @@ def test_an_objective_is_deterministic_learns_a_fixed_batch_and_reports_a_finite
     torch.manual_seed(0)
     net = Transformer(obj.model_config)
     batch = _batch(kind)
+    if obj.needs_sft and kind == "pretrain":  # e.g. certainty forcing: distillation data is SFT data
+        with pytest.raises(ConfigError, match="data.task"):
+            obj.loss(net, batch, torch.Generator().manual_seed(0))
+        return
 
     def loss(seed):
         return obj.loss(net, batch, torch.Generator().manual_seed(seed))

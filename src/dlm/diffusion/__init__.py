@@ -12,12 +12,14 @@ from .base import (
     build_process,
     register_process,
 )
+from .block import BlockDiffusion
 from .masked import MaskedDiffusion, align_logits, masked_cross_entropy, perplexity
 from .policies import POLICIES, StepInputs, UnmaskPolicy, get_policy, register_policy
 from .schedules import SCHEDULES, CosineSchedule, LinearSchedule, LogLinearSchedule, Schedule, get_schedule
 from .uniform import UniformDiffusion
 
 __all__ = [
+    "BlockDiffusion",
     "POLICIES",
     "PROCESSES",
     "SCHEDULES",

@@ -22,6 +22,7 @@ from .objectives import Diffusion, register_objective
 @register_objective
 class CertaintyForcing(Diffusion):
     name = "certainty"
+    needs_sft = True
 
     def __init__(self, run_config, model_config):
         super().__init__(run_config, model_config)

@@ -50,6 +50,7 @@ class Objective:
 
     name: ClassVar[str] = ""
     attention: ClassVar[str | None] = None
+    needs_sft: ClassVar[bool] = False  # trains on SFT batches only (a pretraining batch is a ConfigError)
 
     def __init__(self, run_config, model_config):
         self.run_config = run_config
