@@ -1,6 +1,7 @@
 """`dlm bench --quick --json` end to end on a tiny random model and its causal twin, in a subprocess."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -72,10 +73,15 @@ def test_dlm_bench_quick_json_reports_every_method_with_the_named_columns(models
         assert [r["method"] for r in got] == list(METHODS)
         for r in got:
             assert set(COLUMNS) <= set(r)
-            assert r["tok_s"] > 0 and r["nfe"] >= 1 and r["tpf"] > 0 and r["p50_s"] > 0 and r["peak_rss_mb"] > 0
+            # counts, not speed: the timed columns (tok_s, p50_s, peak_rss_mb) are only checked to be numbers
+            assert all(
+                isinstance(r[k], (int, float)) and math.isfinite(r[k]) for k in ("tok_s", "p50_s", "peak_rss_mb")
+            )
+            assert r["nfe"] >= 1 and 0 < r["tpf"] <= 16
             assert r["task_score"] is not None and 0.0 <= r["task_score"] <= 1.0
         by = {r["method"]: r for r in got}
         assert by["reference"]["agreement"] == 1.0 and by["reference"]["x_reference"] == 1.0
+        assert by["reference"]["tpf"] <= 1.0 and by["block-1"]["tpf"] <= 1.0  # one token per forward
         assert by["+parallel"]["policy"] == "threshold" and by["+cache"]["cache"] == "dual"
         assert all(0.0 <= by[m]["agreement"] <= 1.0 for m in ("+cache", "+parallel", "+both"))
         assert by["ar"]["agreement"] is None and by["ar"]["cache"] == "kv"
