@@ -10,11 +10,13 @@ Methods (the diffusion ones share gen_length, block_length, stopping and dtype):
 | +parallel | threshold (--threshold) | gen_length, an upper bound | none |
 | +both | threshold | gen_length, an upper bound | --cache |
 | ar | the AR twin (--ar-model), left to right with its KV cache | | |
-| block-1 | the block-diffusion model (--block-model): low_confidence in its own blocks | gen_length | block |
-| block | the block-diffusion model: threshold (--threshold) in its own blocks | gen_length, an upper bound | block |
+| block-1 | the block-diffusion model (--block-model): left_to_right in its own blocks | gen_length | block |
+| block | the block model: threshold_prefix (--threshold) in its own blocks | gen_length, an upper bound | block |
 
-The block rows use the block model's own block size as block_length and the exact block cache; their
-`agreement` is against block-1 (the same model one token per forward).
+The block rows use the block model's own block size as block_length and the exact block cache; they commit in
+reading order (block-1 one token per forward; block every leading token of the active block whose confidence is
+>= --threshold, at least one), the order a model converted from an AR one decodes best in (docs/sampling.md).
+Their `agreement` is against block-1 (the same model one token per forward).
 
 Per method and (batch size, gen_length): tok/s (generated tokens, up to and including EOS, over the wall time
 of the timed runs), NFE (mean forwards per prompt), TPF (tokens per forward), p50 latency of one batch call,
@@ -87,13 +89,15 @@ def method_config(method: str, G: int, bl: int, a, block_size: int = 0) -> Gener
         return GenerationConfig(gen_length=G, steps=G, stop_at_eos=a.stop_at_eos, dtype=a.dtype)
     parallel = method in ("+parallel", "+both", "block")
     cache = a.cache if method in ("+cache", "+both") else "none"
+    policy = "threshold" if parallel else "low_confidence"
     if method in BLOCK_METHODS:
         bl, cache = block_size or bl, "block"
+        policy = "threshold_prefix" if parallel else "left_to_right"
     return GenerationConfig(
         gen_length=G,
         steps=G,
         block_length=bl,
-        policy="threshold" if parallel else "low_confidence",
+        policy=policy,
         threshold=a.threshold,
         cache=cache,
         cache_refresh=a.cache_refresh,
@@ -379,7 +383,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, nargs="+", default=[1, 8])
     p.add_argument("--gen-length", type=int, nargs="+", default=[256, 1024])
     p.add_argument("--block-length", type=int, default=32)
-    p.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of +parallel / +both")
+    p.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of +parallel / +both / block")
     p.add_argument("--cache", default="dual", choices=["prefix", "dual"], help="cache of +cache / +both")
     p.add_argument("--cache-refresh", type=int, default=0, help="also refresh every N steps (0 = per block)")
     p.add_argument("--prompts", type=int, default=8, help="prompts per run (run in batches of --batch-size)")

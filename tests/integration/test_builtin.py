@@ -38,7 +38,7 @@ def dlm(*args):
     return p
 
 
-@pytest.fixture(scope="module", params=["builtin", "builtin-ar"])
+@pytest.fixture(scope="module", params=["builtin", "builtin-ar", "builtin-block"])
 def lm(request):
     return load(request.param)
 
@@ -78,6 +78,38 @@ def test_shipped_weights_are_small_bf16_twins():
     sb = json.loads((ar / "training_summary.json").read_text())
     assert sa["objective"] == "diffusion" and sb["objective"] == "ar"
     assert sa["tokens"] == sb["tokens"], "same token budget"
+
+
+def test_block_model_is_the_ar_twin_converted():
+    """builtin-block (issue 15): the AR twin's network with block-causal attention (blocks of 4) and Dream's shifted
+    prediction, fine-tuned with the block process; same tokenizer; small bf16 weights; sampled with the exact
+    block cache by default."""
+    block, ar = builtin_path("builtin-block"), builtin_path("builtin-ar")
+    assert sum(f.stat().st_size for f in block.glob("*.safetensors")) <= 20_000_000
+    with safe_open(str(block / "model.safetensors"), "pt") as fh:
+        assert {fh.get_slice(k).get_dtype() for k in fh.keys()} == {"BF16"}
+    a, b = json.loads((block / "config.json").read_text()), json.loads((ar / "config.json").read_text())
+    assert (a.pop("attention"), a.pop("block_size"), a.pop("shift_logits")) == ("block_causal", 4, True)
+    assert a.pop("diffusion")["process"] == "block"
+    for k in ("attention", "block_size", "shift_logits", "diffusion"):
+        b.pop(k)
+    assert a == b, "the block model differs from its AR twin in more than attention and prediction shift"
+    assert (block / "tokenizer.json").read_bytes() == (ar / "tokenizer.json").read_bytes()
+    summary = json.loads((block / "training_summary.json").read_text())
+    assert summary["objective"] == "diffusion" and summary["run_config"]["train"]["init_from"].endswith("python-ar")
+    gen = json.loads((block / "generation_config.json").read_text())
+    assert (gen["cache"], gen["block_length"]) == ("block", 4)
+    total = sum(f.stat().st_size for f in builtin_path("builtin").parent.rglob("*.safetensors"))
+    assert total <= 80_000_000, f"{total} bytes of shipped weights in all"
+
+
+def test_block_model_cache_is_exact_on_the_shipped_weights():
+    """The exact block cache gives the uncached tokens on the real model, greedy and sampled, batched."""
+    lm = load("builtin-block")
+    for kw in (dict(gen_length=32, temperature=0.0), dict(gen_length=32, temperature=0.8, seed=3)):
+        cached = [o.tokens for o in lm.generate(PROMPTS, cache="block", **kw)]
+        plain = [o.tokens for o in lm.generate(PROMPTS, cache="none", **kw)]
+        assert cached == plain, kw
 
 
 def _numel(shape) -> int:

@@ -85,7 +85,7 @@ def test_dlm_bench_quick_json_reports_every_method_with_the_named_columns(models
         assert by["+parallel"]["policy"] == "threshold" and by["+cache"]["cache"] == "dual"
         assert all(0.0 <= by[m]["agreement"] <= 1.0 for m in ("+cache", "+parallel", "+both"))
         assert by["ar"]["agreement"] is None and by["ar"]["cache"] == "kv"
-        assert by["block-1"]["cache"] == by["block"]["cache"] == "block" and by["block"]["policy"] == "threshold"
+        assert by["block-1"]["cache"] == by["block"]["cache"] == "block" and by["block"]["policy"] == "threshold_prefix"
         assert by["block-1"]["agreement"] == 1.0 and 0.0 <= by["block"]["agreement"] <= 1.0
     assert res["settings"]["block_model"] == str(models / "block")
 

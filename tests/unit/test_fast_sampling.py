@@ -72,6 +72,26 @@ def test_threshold_commits_exactly_the_confident_candidates_and_at_least_one():
     assert _policy("threshold", threshold=0.05)(s)[1].tolist() == [True, True, True, True, False]
 
 
+def test_left_to_right_commits_the_leftmost_candidates():
+    s = _inputs([[0.2, 0.9, 0.99, 0.5], [0.9, 0.1, 0.3, 0.2]], candidates=[[False, True, True, True], [True] * 4])
+    s.num_to_commit = torch.tensor([2, 1])
+    assert _policy("left_to_right")(s).tolist() == [[False, True, True, False], [True, False, False, False]]
+    s.positions = torch.tensor([[3, 2, 1, 0], [0, 1, 2, 3]])  # order by canvas slot, not by column
+    assert _policy("left_to_right")(s)[0].tolist() == [False, False, True, True]
+
+
+def test_threshold_prefix_commits_the_leading_run_of_confident_candidates():
+    s = _inputs(
+        [[0.95, 0.92, 0.5, 0.99], [0.3, 0.99, 0.99, 0.99], [0.1, 0.95, 0.97, 0.2]],
+        candidates=[[True] * 4, [True] * 4, [False, True, True, True]],
+    )
+    commit = _policy("threshold_prefix", threshold=0.9)(s)
+    assert commit[0].tolist() == [True, True, False, False]  # the run stops at 0.5, 0.99 after it waits
+    assert commit[1].tolist() == [True, False, False, False]  # the leftmost always, even unsure; no run after it
+    assert commit[2].tolist() == [False, True, True, False]  # slot 0 is not a candidate: the run starts at 1
+    assert _policy("threshold_prefix", threshold=0.05)(s).sum(1).tolist() == [4, 4, 3]
+
+
 def test_factor_rule_commits_the_ranks_above_one_minus_f_over_r_plus_one():
     # f = 1: rank r needs conf >= 1 - 1/(r+1): 0.5, 0.667, 0.75, 0.8
     s = _inputs([[0.7, 0.9, 0.6, 0.8], [0.3, 0.2, 0.1, 0.05], [0.99, 0.95, 0.9, 0.85]])

@@ -2,7 +2,8 @@
 
 `python-diffusion` is a ~10M-parameter masked-diffusion LM trained here on Python's standard library and the
 Python documentation; `python-ar` is its autoregressive twin (same network with causal attention, same
-tokenizer, data, token budget and trainer). Both are plain dlm folders (bf16 safetensors + JSON) under this
+tokenizer, data, token budget and trainer); `python-block` is the AR twin converted to block diffusion (BD3-LM,
+blocks of 4, issue 15). All are plain dlm folders (bf16 safetensors + JSON) under this
 package, selected by name wherever a model path is accepted.
 """
 
@@ -17,6 +18,7 @@ BUILTIN_MODELS = {
     "builtin": "python-diffusion",
     "builtin-diffusion": "python-diffusion",
     "builtin-ar": "python-ar",
+    "builtin-block": "python-block",
 }
 DEFAULT_MODEL = "builtin"
 

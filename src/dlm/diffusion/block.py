@@ -68,18 +68,19 @@ class BlockDiffusion(MaskedDiffusion):
 
     @staticmethod
     def _parts(model, length: int, attention_mask, device):
-        """(network, positions (B|1, L), segment ids or None): a packed view (`Segmented`) brings its own."""
+        """(network, positions (B|1, L), segment ids or None, key mask (B, L) or None): a packed view
+        (`Segmented`) brings its own positions and segments."""
+        key_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
         segments = getattr(model, "segment_ids", None)
         if segments is not None:
-            return model.net, model.positions, segments
-        key_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
-        return model, key_positions(key_mask, length, device), None
+            return model.net, model.positions, segments, key_mask
+        return model, key_positions(key_mask, length, device), None, key_mask
 
     def training_t(self, model, input_ids, attention_mask=None, generator=None, shard=(0, 1)) -> torch.Tensor:
         """(B, L): one level per block. Rows hold at most ceil(L / block_size) blocks (L when packed: a bound
         that holds whatever the segments), drawn row-major over the global batch as `sample_t_grid` draws."""
         B, L = input_ids.shape
-        _, positions, segments = self._parts(model, L, attention_mask, input_ids.device)
+        _, positions, segments, _ = self._parts(model, L, attention_mask, input_ids.device)
         ids = block_ids(positions, self.block_size, segments).expand(B, L)
         per_row = L if segments is not None else -(-L // self.block_size)
         t = self.sample_t_grid(B, per_row, generator, input_ids.device, shard)
@@ -89,8 +90,7 @@ class BlockDiffusion(MaskedDiffusion):
         """One forward over x_t ⊕ x_0 with the three-part mask; the noisy stream's outputs (shifted: see the
         module docstring)."""
         B, L = xt.shape
-        net, positions, segments = self._parts(model, L, attention_mask, xt.device)
-        key_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        net, positions, segments, key_mask = self._parts(model, L, attention_mask, xt.device)
         mask = two_stream_mask(L, self.block_size, key_mask=key_mask, segment_ids=segments, positions=positions)
         opened = self.anneal_open(L, xt.device)
         if opened is not None:  # annealing: inside a noisy block, from causal to bidirectional

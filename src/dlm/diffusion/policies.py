@@ -136,6 +136,18 @@ class Entropy(UnmaskPolicy):
         return -entropy(s.probs)
 
 
+@register_policy
+class LeftToRight(UnmaskPolicy):
+    """Commit the leftmost masked positions of the active block (the schedule's count): AR order inside a block,
+    the natural order for a model converted from an AR one (block diffusion with shifted prediction)."""
+
+    name = "left_to_right"
+
+    def scores(self, s):
+        slots = s.positions if s.positions is not None else torch.arange(s.candidates.shape[1]).expand_as(s.x0_prob)
+        return -slots.to(device=s.x0_prob.device, dtype=torch.float32)
+
+
 # ---- parallel decoding: the count comes from the confidences, not from the schedule -------------------------
 
 
@@ -150,6 +162,24 @@ class Threshold(UnmaskPolicy):
 
     def commit_count(self, scores, s):
         return ((scores >= self.config.threshold) & s.candidates).sum(1).clamp(min=1)
+
+
+@register_policy
+class ThresholdPrefix(UnmaskPolicy):
+    """Left to right with parallel commits: the leftmost masked position always, and every following candidate
+    while its confidence p(x0) >= `threshold` (the run stops at the first one below). Tokens are committed in
+    reading order, as an AR model would write them, several per forward where the model is sure."""
+
+    name = "threshold_prefix"
+
+    def scores(self, s):
+        return LeftToRight.scores(self, s)
+
+    def commit_count(self, scores, s):
+        order = torch.argsort(scores.masked_fill(~s.candidates, float("-inf")), dim=1, descending=True, stable=True)
+        sure = ((s.x0_prob >= self.config.threshold) & s.candidates).gather(1, order)
+        run = sure.long().cumprod(1).sum(1)  # leading run of sure candidates, leftmost first
+        return run.clamp(min=1)
 
 
 @register_policy

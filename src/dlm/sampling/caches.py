@@ -81,20 +81,25 @@ class _CanvasWindowCache(SamplingCache):
     def forward(self, fn, x, am, pos, idx, refresh, ws, we):
         if bool(refresh.all()):
             return fn(x, attention_mask=am, cache=self.store.refresh(), logits_index=idx)
-        width = int((we - ws).max())
-        slots = torch.minimum(ws[:, None] + torch.arange(width, device=x.device)[None], (we - 1)[:, None])
-        out = fn(
-            x.gather(1, slots),
-            attention_mask=am,
-            position_ids=pos.gather(1, slots),
-            cache=self.store.window(slots),
-            logits_index=(idx - ws[:, None]).clamp(0, width - 1),
-        )
+        out = self._window_forward(fn, x, am, pos, idx, ws, we)
         if bool(refresh.any()):  # these rows ran in the window pass too (results unused), then recompute all
             f = torch.nonzero(refresh).flatten()
             full = fn(x[f], attention_mask=am[f], cache=self.store.refresh(f), logits_index=idx[f])
             out = out.index_copy(0, f, full.to(out.dtype))
         return out
+
+    def _window_forward(self, fn, x, am, pos, idx, ws, we, keys_upto=None):
+        """One forward over each row's slots [ws, we) (padded to the widest by repeating the last), attending to the
+        cached K/V of every slot (or of slots below `keys_upto`), logits at `idx` taken from the window."""
+        width = int((we - ws).max())
+        slots = torch.minimum(ws[:, None] + torch.arange(width, device=x.device)[None], (we - 1)[:, None])
+        return fn(
+            x.gather(1, slots),
+            attention_mask=am if keys_upto is None else am[:, :keys_upto],
+            position_ids=pos.gather(1, slots),
+            cache=self.store.window(slots, keys_upto),
+            logits_index=(idx - ws[:, None]).clamp(0, width - 1),
+        )
 
     def grow(self, shift, live, new):
         """Existing rows' K/V move right (the new slots are padding, never attended); new rows get zero K/V until
@@ -165,16 +170,7 @@ class BlockCache(_CanvasWindowCache):
         return torch.zeros_like(force_refresh), ws, we
 
     def forward(self, fn, x, am, pos, idx, refresh, ws, we):
-        upto = int(we.max())
-        width = int((we - ws).max())
-        slots = torch.minimum(ws[:, None] + torch.arange(width, device=x.device)[None], (we - 1)[:, None])
-        return fn(
-            x.gather(1, slots),
-            attention_mask=am[:, :upto],
-            position_ids=pos.gather(1, slots),
-            cache=self.store.window(slots, upto),
-            logits_index=(idx - ws[:, None]).clamp(0, width - 1),
-        )
+        return self._window_forward(fn, x, am, pos, idx, ws, we, keys_upto=int(we.max()))
 
     def grow(self, shift, live, new):
         super().grow(shift, live, new)
