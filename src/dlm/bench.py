@@ -263,8 +263,8 @@ def run(a, log=lambda msg: None) -> dict:
     for name, v in (("--batch-size", a.batch_size), ("--gen-length", a.gen_length)):
         if any(x < 1 for x in v):
             raise InputError(name, f"got {v}; every value must be >= 1")
-    if "reference" not in methods:
-        methods.insert(0, "reference")  # agreement needs it
+    if "reference" not in methods and any(m in ("+cache", "+parallel", "+both") for m in methods):
+        methods.insert(0, "reference")  # their agreement needs it
     lm = load(a.model, device=device)
     if lm.is_causal:
         raise InputError("--model", f"{a.model} is a causal model; pass a diffusion model (--ar-model takes the twin)")
@@ -317,7 +317,7 @@ def run(a, log=lambda msg: None) -> dict:
                     **{k: res[k] for k in ("tok_s", "nfe", "tpf", "p50_s", "peak_rss_mb")},
                     "agreement": None if m == "ar" or same is None else agreement(gens, same),
                     "task_score": scores[m],
-                    "x_reference": res["tok_s"] / ref["tok_s"],
+                    "x_reference": None if ref is None else res["tok_s"] / ref["tok_s"],
                 }
                 if "peak_cuda_mb" in res:
                     row["peak_cuda_mb"] = res["peak_cuda_mb"]

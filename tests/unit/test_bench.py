@@ -90,6 +90,16 @@ def test_dlm_bench_quick_json_reports_every_method_with_the_named_columns(models
     assert res["settings"]["block_model"] == str(models / "block")
 
 
+def test_block_rows_against_the_ar_twin_run_without_the_reference(models, capsys):
+    args = ["--quick", "--json", "--model", models / "diffusion", "--ar-model", models / "ar"]
+    args += ["--block-model", models / "block", "--methods", "ar,block-1,block", "--tasks", "0", "--runs", "1"]
+    assert main(list(map(str, args))) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert {r["method"] for r in rows} == {"ar", "block-1", "block"}
+    assert all(r["x_reference"] is None for r in rows)
+    assert all(r["agreement"] == 1.0 for r in rows if r["method"] == "block-1")
+
+
 def test_dlm_bench_bad_input_names_the_option(models, capsys):
     assert main(["--quick", "--model", str(models / "ar"), "--ar-model", "none"]) == 2
     assert "--model" in capsys.readouterr().err
