@@ -343,3 +343,53 @@ def write_llada_tokenizer(folder: Path) -> None:
         "tokenizer_class": "PreTrainedTokenizerFast",
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+# ---- a causal model whose vocabulary has no mask token (SmolLM2-like) --------------------------------------
+SMOL_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<filename>", "<gh_stars>"]  # ids 0..4
+SMOL_CHAT_TEMPLATE = (  # SmolLM2-135M-Instruct's
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def write_causal_without_mask(folder: Path, texts: list[str], vocab_size: int = 384, seed: int = 0) -> Path:
+    """A tiny random causal dlm folder with a SmolLM2-style tokenizer: a byte-level BPE trained on `texts` whose
+    special tokens are StarCoder's (EOS `<|im_end|>`, unused `<filename>`, `<gh_stars>`) and no mask token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from dlm.hub import HFTokenizer, save_pretrained
+    from dlm.model import ModelConfig, Transformer
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SMOL_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok_dir = folder.parent / f".{folder.name}-tokenizer"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(str(tok_dir / "tokenizer.json"))
+    config = {
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>",
+        "chat_template": SMOL_CHAT_TEMPLATE,
+        "tokenizer_class": "GPT2Tokenizer",
+    }
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    hf_tok = HFTokenizer.from_dir(tok_dir)
+    assert hf_tok.mask_token_id is None and hf_tok.eos_token_id == 2
+    cfg = ModelConfig(
+        vocab_size=hf_tok.vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256,
+        attention="causal", mask_token_id=None, eos_token_id=2, pad_token_id=2, bos_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return save_pretrained(Transformer(cfg), folder, tokenizer=hf_tok)

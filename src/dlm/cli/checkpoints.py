@@ -19,17 +19,20 @@ def info(
 ):
     """Show a checkpoint's family, config, parameter count, tokenizer and special ids (reads no weights)."""
     from ..configs import to_dict
-    from ..hub import count_parameters, load_tokenizer, open_checkpoint
+    from ..hub import count_parameters, open_checkpoint
     from ..hub.hf_tokenizer import has_tokenizer
+    from ..hub.loading import open_tokenizer
 
     ck = open_checkpoint(path, gguf_file)
     cfg, raw = ck.config, ck.raw
     n_params = count_parameters(ck)
     tok_info = {}
-    if has_tokenizer(ck.folder, ck.gguf_file):
-        tok = load_tokenizer(ck.folder, cfg, ck.gguf_file)
+    if has_tokenizer(*ck.tokenizer_location):
+        tok = open_tokenizer(ck)
         tok_info = {"vocab_size": tok.vocab_size, "special_ids": tok.special_ids}
     dtype = raw.get("torch_dtype") or raw.get("dtype")
+    if ck.base is not None:  # a LoRA adapter folder: the merged network is stored as its base is
+        dtype = ck.base.raw.get("torch_dtype") or ck.base.raw.get("dtype")
     out = {
         "path": str(path),
         "family": ck.family.name,
@@ -39,6 +42,8 @@ def info(
         "diffusion": raw.get("diffusion") if ck.is_dlm else None,
         "tokenizer": tok_info,
     }
+    if ck.base is not None:
+        out["base"] = str(ck.base.gguf_file or ck.base.folder)
     if as_json:
         echo_json(out)
         return
@@ -47,6 +52,8 @@ def info(
     )
     for k, v in to_dict(cfg).items():
         typer.echo(f"  {k}: {v}")
+    if ck.base is not None:
+        typer.echo(f"  LoRA adapter over {out['base']} (merged at load)")
     if out["diffusion"]:
         typer.echo(f"  diffusion: {raw['diffusion']}")
     if tok_info:

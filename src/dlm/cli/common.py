@@ -46,7 +46,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(distill_app, name="distill")
 
 MODEL_HELP = (
-    "A checkpoint folder (dlm, LLaDA, Dream, LLaMA/Qwen2/Mistral safetensors), a .gguf file, or a built-in model: "
+    "A checkpoint folder (dlm, LLaDA, Dream, LLaMA/Qwen2/Mistral safetensors), a .gguf file, a LoRA adapter folder "
+    "(merged into the base it names), pkg:PACKAGE/PATH inside an installed package, or a built-in model: "
     "builtin (diffusion, default) or builtin-ar (its AR twin)."
 )
 

@@ -51,7 +51,11 @@ class MaskedDiffusion(NoiseProcess):
 
     def __init__(self, config: DiffusionConfig, mask_token_id: int, *, shift_logits: bool = False, vocab_size=0):
         if mask_token_id is None:
-            raise ConfigError("model.mask_token_id", "masked diffusion needs a mask token id; got None")
+            raise ConfigError(
+                "model.mask_token_id",
+                "masked diffusion needs a mask token id; got None (a checkpoint whose vocabulary has no mask token: "
+                "name an unused token of it with tokenizer.mask_token)",
+            )
         super().__init__(config, vocab_size=vocab_size, mask_token_id=mask_token_id, shift_logits=shift_logits)
 
     def reverse(self, config) -> "MaskedReverse":

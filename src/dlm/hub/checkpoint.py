@@ -14,10 +14,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..builtin import resolve_model_path
 from ..configs import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError
 from ..model import ModelConfig, Transformer
+from .adapters import resolve_location
 from .families.dlm import META_KEYS
 from .loading import DTYPES, resolve_dtype  # noqa: F401  (re-exported: dlm.hub.checkpoint.resolve_dtype)
 
@@ -97,6 +97,16 @@ def write_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_size: 
     return names + [INDEX_NAME]
 
 
+def config_dict(model_config: ModelConfig, diffusion_config=None, *, torch_dtype: str | None = None) -> dict:
+    """A dlm folder's config.json: the network's ModelConfig (+ the stored dtype and the diffusion section)."""
+    cfg = {"model_type": MODEL_TYPE, "architectures": ["DLMTransformer"], **to_dict(model_config)}
+    if torch_dtype is not None:
+        cfg["torch_dtype"] = torch_dtype
+    if diffusion_config is not None:
+        cfg["diffusion"] = to_dict(diffusion_config)
+    return cfg
+
+
 def save_pretrained(
     model: Transformer,
     out_dir: str | Path,
@@ -116,11 +126,8 @@ def save_pretrained(
         v = v.detach().cpu()
         state[k] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
     with _atomic_dir(out_dir) as tmp:
-        cfg = {"model_type": MODEL_TYPE, "architectures": ["DLMTransformer"], **to_dict(model.config)}
         any_t = next(iter(state.values()))
-        cfg["torch_dtype"] = str(any_t.dtype).replace("torch.", "")
-        if diffusion_config is not None:
-            cfg["diffusion"] = to_dict(diffusion_config)
+        cfg = config_dict(model.config, diffusion_config, torch_dtype=str(any_t.dtype).replace("torch.", ""))
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
         write_weights(state, tmp, max_shard_size)
         if generation_config is not None:
@@ -140,7 +147,7 @@ def _read_json(path: Path) -> dict:
 
 
 def load_model_config(path: str | Path) -> tuple[ModelConfig, dict]:
-    path = resolve_model_path(path)
+    path = resolve_location(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint folder")
     raw = _read_json(path / CONFIG_NAME)
@@ -170,7 +177,7 @@ def load_state_dict(path: str | Path, device="cpu", dtype=None) -> dict[str, tor
     """Read every tensor of a folder (mmap through safetensors). Corrupt files raise CheckpointError."""
     dtype = resolve_dtype(dtype)
     state = {}
-    for f in weight_files(resolve_model_path(path)):
+    for f in weight_files(resolve_location(path)):
         if not f.is_file():
             raise CheckpointError(f"{f}: missing weight shard listed in the index")
         try:

@@ -11,8 +11,8 @@ from ..errors import check_choice
 from ..model import Transformer
 from .checkpoint import CONFIG_NAME, GENERATION_CONFIG_NAME, _atomic_dir, save_pretrained, write_weights
 from .families import Family, get_family
-from .hf_tokenizer import has_tokenizer, load_tokenizer
-from .loading import load_model, open_checkpoint, resolve_dtype
+from .hf_tokenizer import has_tokenizer
+from .loading import load_model, open_checkpoint, open_tokenizer, resolve_dtype
 
 TARGETS = ("dlm", "llada")
 
@@ -67,7 +67,8 @@ def convert(
     target = get_family(to)
     target.export_config(ck.config)  # refuse what the target cannot express before reading any weight
     model = load_model(ck, dtype=dtype)
-    tokenizer = load_tokenizer(ck.folder, ck.config, ck.gguf_file) if has_tokenizer(ck.folder, ck.gguf_file) else None
+    tok_folder, tok_gguf = ck.tokenizer_location
+    tokenizer = open_tokenizer(ck) if has_tokenizer(tok_folder, tok_gguf) else None
     if to == "dlm":
         gen, diff = checkpoint_settings(ck)
         return save_pretrained(

@@ -241,6 +241,16 @@ class HFTokenizer(TokenEncoding):
     def special_ids(self) -> dict[str, int]:
         return {n: i for n, i in self._special_ids.items() if i is not None}
 
+    def set_special_token(self, name: str, token_id: int) -> None:
+        """Give a token of the vocabulary a special role (`mask` for a checkpoint whose vocabulary has none);
+        `save` then names it in the tokenizer files."""
+        if name not in SPECIAL_NAMES:
+            raise InputError("name", f"got {name!r}; allowed: {', '.join(SPECIAL_NAMES)}")
+        token = self._tok.id_to_token(int(token_id))
+        if token is None:
+            raise InputError("token_id", f"{token_id} is not in the vocabulary ({self.vocab_size} tokens)")
+        self._special_ids[name], self._special_tokens[name] = int(token_id), token
+
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 

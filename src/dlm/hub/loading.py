@@ -5,7 +5,8 @@
 shape and dtype against the config from the safetensors headers alone (nothing is read before the whole
 folder checks out), then fills the parameters one tensor at a time: each tensor is allocated once in the
 target dtype on the target device and copied in row chunks of at most CHUNK_BYTES from a safetensors slice
-(mmap), so peak memory is the model in the target dtype plus about two chunks.
+(mmap), so peak memory is the model in the target dtype plus about two chunks. A LoRA adapter folder
+(`adapters.py`) opens as its base's Checkpoint plus the adapter, and loads merged.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ..builtin import resolve_model_path
 from ..errors import CheckpointError, ConfigError
 from ..model import ModelConfig, Transformer
+from .adapters import is_adapter_folder, open_adapter, resolve_location
 from .families import Family, family_for
+from .hf_tokenizer import has_tokenizer, load_tokenizer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -85,10 +87,24 @@ class Checkpoint:
     config: ModelConfig
     config_file: Path  # config.json, or the GGUF file
     gguf_file: Path | None = None
+    base: "Checkpoint | None" = None  # a LoRA adapter folder's base model (the adapter is merged at load)
 
     @property
     def is_dlm(self) -> bool:
         return self.family.name == "dlm"
+
+    @property
+    def tokenizer_location(self) -> tuple[Path, Path | None]:
+        """(folder, GGUF file) holding the tokenizer: an adapter folder's own, else its base's."""
+        if self.base is not None and not has_tokenizer(self.folder):
+            return self.base.tokenizer_location
+        return self.folder, self.gguf_file
+
+
+def open_tokenizer(ck: Checkpoint):
+    """The checkpoint's tokenizer, with the special ids of its (possibly adapted) network config."""
+    folder, gguf = ck.tokenizer_location
+    return load_tokenizer(folder, ck.config, gguf)
 
 
 def _gguf_path(p: Path, gguf_file: str | None) -> Path | None:
@@ -126,9 +142,11 @@ def gguf_config(gguf: Path) -> dict:
 
 def open_checkpoint(path: str | Path, gguf_file: str | None = None) -> Checkpoint:
     """Recognise the folder (or GGUF file) at `path` and map its config onto a dlm ModelConfig."""
-    p = resolve_model_path(path)
+    p = resolve_location(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such checkpoint folder")
+    if gguf_file is None and is_adapter_folder(p):
+        return open_adapter(p)
     gguf = _gguf_path(p, gguf_file)
     if gguf is not None:
         raw = gguf_config(gguf)
@@ -345,18 +363,28 @@ class GGUFSource:
         return 0
 
 
-def load_model(ck: Checkpoint, *, device="cpu", dtype=None) -> Transformer:
-    """The checkpoint's weights in dlm's Transformer, on `device`, floating tensors in `dtype` (None: as stored)."""
+def load_model(ck: Checkpoint, *, device="cpu", dtype=None, config: ModelConfig | None = None) -> Transformer:
+    """The checkpoint's weights in dlm's Transformer, on `device`, floating tensors in `dtype` (None: as stored).
+    `config`: build the network with this config instead of the checkpoint's (same shapes: e.g. the block-causal
+    network a causal checkpoint is adapted into). An adapter folder gives its base with the adapter merged."""
     device, dtype = resolve_device(device), resolve_dtype(dtype)
+    if ck.base is not None:
+        from .adapters import load_adapted
+
+        return load_adapted(ck, device=device, dtype=dtype, config=config)
+    config = config or ck.config
     if ck.gguf_file is not None:
-        source = GGUFSource(ck.gguf_file, list(ck.family.key_map(ck.config).values()), ck.config)
+        source = GGUFSource(ck.gguf_file, list(ck.family.key_map(config).values()), config)
     else:
         source = SafetensorsSource(ck.folder)
-    return fill_model(ck, source, device=device, dtype=dtype)
+    return fill_model(ck, source, device=device, dtype=dtype, config=config)
 
 
 def count_parameters(ck: Checkpoint) -> int:
-    """Parameters stored in the checkpoint, from the headers alone (a GGUF: from the config)."""
+    """Parameters stored in the checkpoint, from the headers alone (a GGUF: from the config; an adapter folder:
+    its base's, which the merged network has)."""
+    if ck.base is not None:
+        return count_parameters(ck.base)
     if ck.gguf_file is not None:
         return ck.config.num_parameters()
     source = SafetensorsSource(ck.folder)

@@ -15,8 +15,7 @@ from ..errors import CheckpointError, ConfigError, InputError
 from ..sampling import GenerationConfig, generate
 from ..sampling.autoregressive import generate_autoregressive
 from .checkpoint import GENERATION_CONFIG_NAME, save_pretrained
-from .hf_tokenizer import load_tokenizer
-from .loading import Checkpoint, load_model, open_checkpoint, resolve_device
+from .loading import Checkpoint, load_model, open_checkpoint, open_tokenizer, resolve_device
 
 
 @dataclass
@@ -51,8 +50,9 @@ class DiffusionLM:
     def from_pretrained(
         cls, path: str | Path, *, device="cpu", dtype=None, gguf_file: str | None = None
     ) -> "DiffusionLM":
-        """Any supported folder (dlm, LLaDA, Dream, LLaMA/Qwen2/Mistral) or GGUF file, with its tokenizer.
-        Foreign folders get their family's sampling defaults; dlm folders their generation_config.json.
+        """Any supported folder (dlm, LLaDA, Dream, LLaMA/Qwen2/Mistral), GGUF file or LoRA adapter folder (its
+        base with the adapter merged; see `dlm.hub.adapters`), with its tokenizer. Foreign folders get their
+        family's sampling defaults; dlm folders their generation_config.json.
 
         dtype None: as stored, except on CPU, where weights are computed in float32 (half-precision matmuls on
         CPU round differently for different batch shapes, so a batch would not give exactly each prompt's
@@ -62,7 +62,7 @@ class DiffusionLM:
             dtype = "fp32"
         model = load_model(ck, device=device, dtype=dtype)
         gen, diff = checkpoint_settings(ck)
-        tokenizer = load_tokenizer(ck.folder, ck.config, ck.gguf_file)
+        tokenizer = open_tokenizer(ck)
         return cls(model, tokenizer, gen, diff, str(ck.gguf_file or ck.folder))
 
     def save_pretrained(self, out_dir, **kw):

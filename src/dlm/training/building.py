@@ -57,10 +57,9 @@ def build_tokenizer(cfg: RunConfig, out: Path, env: D.DistEnv, init_checkpoint=N
     if tc.path:
         return DLMTokenizer.from_dir(tc.path)
     if init_checkpoint is not None:
-        from ..hub.hf_tokenizer import load_tokenizer
+        from ..hub.loading import open_tokenizer
 
-        ck = init_checkpoint
-        return load_tokenizer(ck.folder, ck.config, ck.gguf_file)
+        return open_tokenizer(init_checkpoint)
     tok_dir = out / "tokenizer"
     if (tok_dir / "tokenizer.json").is_file():
         return DLMTokenizer.from_dir(tok_dir)
@@ -97,15 +96,48 @@ def build_datasets(cfg: RunConfig, tokenizer, out: Path, env: D.DistEnv):
     return data
 
 
+def use_mask_token(cfg: RunConfig, tokenizer, model_config):
+    """`tokenizer.mask_token`: the named vocabulary token becomes the model's mask token (and the tokenizer's, so
+    that the saved tokenizer files name it). Refused: a token the vocabulary lacks, one of the EOS/PAD/BOS tokens
+    (the data is full of them), or a token other than a mask token the model or tokenizer already has."""
+    name = cfg.tokenizer.mask_token
+    if name is None:
+        return model_config
+    field = "tokenizer.mask_token"
+    tid = tokenizer.token_to_id(name)
+    if tid is None or tid >= model_config.vocab_size:
+        specials = sorted(tokenizer.backend.get_added_tokens_decoder().items())
+        shown = ", ".join(repr(t.content) for _, t in specials[:12]) + (" …" if len(specials) > 12 else "")
+        raise ConfigError(
+            field, f"{name!r} is not a token of the model's vocabulary; its special tokens: {shown or 'none'}"
+        )
+    roles = {"EOS": model_config.eos_token_id, "PAD": model_config.pad_token_id, "BOS": model_config.bos_token_id}
+    for role, i in roles.items():
+        if i == tid:
+            raise ConfigError(
+                field, f"{name!r} (id {tid}) is the model's {role} token; pick a token the data never uses"
+            )
+    for owner, have in (("model", model_config.mask_token_id), ("tokenizer", tokenizer.mask_token_id)):
+        if have is not None and have != tid:
+            raise ConfigError(
+                field,
+                f"{name!r} (id {tid}) is not the mask token the {owner} already has "
+                f"({tokenizer.id_to_token(have)!r}, id {have}); leave tokenizer.mask_token unset",
+            )
+    if tokenizer.mask_token_id is None and hasattr(tokenizer, "set_special_token"):
+        tokenizer.set_special_token("mask", tid)
+    return replace(model_config, mask_token_id=tid)
+
+
 def base_model_config(cfg: RunConfig, tokenizer, init_checkpoint=None):
     """The network's config before the objective fits its attention: the init_from model's own, or the run's
-    `model` section with the tokenizer's vocabulary and special ids."""
+    `model` section with the tokenizer's vocabulary and special ids; with `tokenizer.mask_token`'s mask id."""
     if init_checkpoint is not None:
         mc = init_checkpoint.config
         if max(cfg.data.seq_len, 1) > mc.max_seq_len:
             raise ConfigError("data.seq_len", f"{cfg.data.seq_len} exceeds the model's max_seq_len {mc.max_seq_len}")
-        return mc
-    return replace(
+        return use_mask_token(cfg, tokenizer, mc)
+    mc = replace(
         cfg.model,
         vocab_size=tokenizer.vocab_size,
         mask_token_id=tokenizer.mask_token_id,
@@ -114,14 +146,16 @@ def base_model_config(cfg: RunConfig, tokenizer, init_checkpoint=None):
         bos_token_id=tokenizer.bos_token_id,
         max_seq_len=max(cfg.model.max_seq_len, cfg.data.seq_len),
     )
+    return use_mask_token(cfg, tokenizer, mc)
 
 
 def base_network(cfg: RunConfig, model_config, device, init_checkpoint=None) -> Transformer:
-    """The network before LoRA: the init_from checkpoint's weights (fp32), or a fresh seeded init."""
+    """The network before LoRA: the init_from checkpoint's weights (fp32) in `model_config` (the network as the
+    objective fits it: e.g. block-causal, with the run's mask token), or a fresh seeded init."""
     if init_checkpoint is not None:
         from ..hub.loading import load_model
 
-        return load_model(init_checkpoint, device=device, dtype="fp32")
+        return load_model(init_checkpoint, device=device, dtype="fp32", config=model_config)
     torch.manual_seed(cfg.train.seed)
     return Transformer(model_config).to(device)
 

@@ -21,6 +21,15 @@ class TokenizerConfig:
     path: str | None = None  # a folder with tokenizer.json; None -> train one on the training sources
     vocab_size: int = 4096
     max_train_bytes: int = 50_000_000  # cap on text read to train the BPE
+    # A token of the vocabulary to use as the mask token, for a checkpoint whose vocabulary has none (e.g.
+    # SmolLM2's unused "<filename>"): saved as the model's mask_token_id (and the tokenizer's mask_token).
+    mask_token: str | None = None
+
+    def __post_init__(self):
+        if self.mask_token is not None and (not isinstance(self.mask_token, str) or not self.mask_token):
+            raise ConfigError(
+                "tokenizer.mask_token", f"got {self.mask_token!r}; must be a token of the vocabulary, or null"
+            )
 
 
 @dataclass
@@ -59,8 +68,9 @@ class LoopConfig:
     compile: bool = False  # torch.compile the model
     seed: int = 0
     progress: bool = True
-    # Start from an existing model (a dlm folder, a LLaDA/Dream/LLaMA-family folder): its weights, its network
-    # settings (the `model` section is then ignored) and, unless tokenizer.path is set, its tokenizer.
+    # Start from an existing model (a dlm folder, a LLaDA/Dream/LLaMA-family folder, a GGUF file, a built-in name,
+    # pkg:PACKAGE/PATH inside an installed package): its weights, its network settings (the `model` section is
+    # then ignored) and, unless tokenizer.path is set, its tokenizer.
     init_from: str | None = None
     # Data parallel (under torchrun, WORLD_SIZE > 1): ddp | fsdp (FSDP2, fully_shard per block). batch_size is
     # the global micro-batch (split over ranks), so results do not depend on the number of ranks.

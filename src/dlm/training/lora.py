@@ -69,13 +69,24 @@ def is_adapter_key(name: str) -> bool:
     return "lora_" in name
 
 
-def merge_adapters(base: nn.Module, section: LoraSection, adapter_state: dict[str, torch.Tensor], adapter_dir: Path):
+def merge_adapters(
+    base: nn.Module,
+    section: LoraSection,
+    adapter_state: dict[str, torch.Tensor],
+    adapter_dir: Path,
+    base_name: str | None = None,
+):
     """Load trained adapter tensors (PEFT-model names) into a fresh PEFT wrap of `base`, save the adapter
-    folder (adapter_model.safetensors + adapter_config.json) and return the merged plain network."""
+    folder (adapter_model.safetensors + adapter_config.json, whose base_model_name_or_path is `base_name` when
+    given) and return the merged plain network."""
     pm = _peft().get_peft_model(base, peft_config(section))
     missing = [k for k in adapter_state if k not in dict(pm.named_parameters())]
     if missing:
         raise ConfigError("lora", f"adapter tensors {missing[:3]} do not fit the model; was the run's config changed?")
     pm.load_state_dict(adapter_state, strict=False)
-    pm.save_pretrained(str(adapter_dir), safe_serialization=True)
+    pm.save_pretrained(str(adapter_dir), safe_serialization=True, save_embedding_layers=False)
+    if base_name is not None:
+        from ..hub.adapters import record_base
+
+        record_base(Path(adapter_dir), base_name)
     return pm.merge_and_unload()

@@ -113,7 +113,9 @@ def export_model(
 ) -> Path:
     """A plain dlm folder (safetensors) from the trained weights, whatever the wrapping: the full state is
     gathered to rank 0 (collective: every rank calls this), loaded into a fresh network on CPU and saved.
-    Under LoRA the adapters are saved to OUT/adapter and merged into `base_network(cpu)` for the folder."""
+    Under LoRA the adapters are saved to OUT-adapter and merged into `base_network(cpu)` for the folder; with
+    train.init_from, OUT-adapter also gets the network's config, generation settings and tokenizer and names its
+    base, so it loads by itself (`dlm.hub.adapters`)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -124,7 +126,23 @@ def export_model(
 
             adapters = {k: v for k, v in state.items() if is_adapter_key(k)}
             base = base_network(torch.device("cpu"))
-            model = merge_adapters(base, cfg.lora, adapters, out_dir.parent / f"{out_dir.name}-adapter")
+            adapter_dir = out_dir.parent / f"{out_dir.name}-adapter"
+            base_name = None
+            if cfg.train.init_from:
+                from ..hub.adapters import base_reference
+
+                base_name = base_reference(cfg.train.init_from)
+            model = merge_adapters(base, cfg.lora, adapters, adapter_dir, base_name)
+            if base_name is not None:
+                from ..hub.adapters import write_adapter_folder_files
+
+                write_adapter_folder_files(
+                    adapter_dir,
+                    model_config,
+                    tokenizer=tokenizer,
+                    generation_config=cfg.generation,
+                    diffusion_config=diffusion_config,
+                )
         else:
             with torch.device("meta"):  # the gathered tensors become the weights: no second copy
                 model = Transformer(model_config)
