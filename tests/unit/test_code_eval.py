@@ -161,12 +161,15 @@ def test_evaluate_completion_end_to_end(tok, attention):
     assert res["nfe_mean"] >= 1
 
 
-@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+@pytest.mark.parametrize("attention", ["bidirectional", "causal", "block_causal"])
 @pytest.mark.parametrize("heal", [True, False])
 def test_evaluate_infill_end_to_end_and_with_an_oracle(tok, attention, heal, monkeypatch):
+    """Full attention fills the gap seeing the suffix; the AR twin and a block model cannot see it, continue the
+    prefix and are scored on the line they write (the oracle appends junk after it for them)."""
     lm = _lm(tok, attention)
     tasks = infill_tasks(FUNCS, 4, seed=0, kind="line") + infill_tasks(FUNCS, 3, seed=0, kind="span")
-    res = evaluate_infill(lm, tasks, steps=4, seed=0, heal=heal)
+    res = evaluate_infill(lm, tasks, steps=4, seed=0, heal=heal, keep_rows=True)
+    assert [r["target"] for r in res["rows"]] == [t.target for t in tasks]
     assert {"n", "exact_match", "ast_valid", "examples", "seconds", "nfe_mean"} <= set(res)
     assert res["n"] == 7 and 0 <= res["exact_match"] <= 1 and 0 <= res["ast_valid"] <= 1
     assert len(res["examples"]) == 5 and res["examples"][0]["target"] == tasks[0].target
@@ -178,7 +181,7 @@ def test_evaluate_infill_end_to_end_and_with_an_oracle(tok, attention, heal, mon
         calls.append(length)
         shown.append(prefix)
         middle = src[len(prefix) : len(src) - len(suffix)]
-        return Completion(prefix, middle + ("\n    junk" if lm.is_causal else ""), [], 1, 1, 0.0)
+        return Completion(prefix, middle + ("\n    junk" if attention != "bidirectional" else ""), [], 1, 1, 0.0)
 
     monkeypatch.setattr(lm, "infill", oracle)
     res = evaluate_infill(lm, tasks, seed=0, heal=heal)

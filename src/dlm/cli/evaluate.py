@@ -76,6 +76,7 @@ def eval_code(
     sampling: dict = ...,
     batch_size: int = batch_size_option("Task complete only."),
     heal: bool = typer.Option(True, "--heal/--no-heal", help="Feed prompts without trailing whitespace."),
+    rows: bool = typer.Option(False, "--rows", help="With --json: every task's outcome (for paired tests)."),
     as_json: bool = json_option(),
     dtype: Optional[str] = dtype_option(),
     device: str = device_option(),
@@ -99,10 +100,11 @@ def eval_code(
         raise InputError("--data", f"no function fits the model's max_seq_len {lm.model.config.max_seq_len}")
     if task == "complete":
         tasks = code.completion_tasks(usable, n, seed)
-        res = code.evaluate_completion(lm, tasks, batch_size=batch_size, heal=heal, **sampling)
+        res = code.evaluate_completion(lm, tasks, batch_size=batch_size, heal=heal, keep_rows=rows, **sampling)
     else:  # the fill length is the removed text's; gen_length and block_length do not apply
         tasks = code.infill_tasks(usable, n, seed, task.removeprefix("infill-"))
-        res = code.evaluate_infill(lm, tasks, heal=heal, **given(sampling, INFILL_FIXED + ("block_length",)))
+        kw = given(sampling, INFILL_FIXED + ("block_length",))
+        res = code.evaluate_infill(lm, tasks, heal=heal, keep_rows=rows, **kw)
     g = lm.generation_config
     settings = {
         "seed": seed,

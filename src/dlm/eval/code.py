@@ -218,12 +218,13 @@ def evaluate_completion(
     seed: int = 0,
     batch_size: int = 8,
     heal: bool = True,
+    keep_rows: bool = False,
     **sampling,
 ) -> dict:
     """Complete each signature and count the completions that parse (function_body_parses). `ended_rate` is
     the share whose function visibly ended (a zero-indent line, or EOS before gen_length); a completion cut off by
     gen_length inside the function is judged on its complete lines (see function_body_parses). `sampling`:
-    other generation settings (policy, top_p, ...)."""
+    other generation settings (policy, top_p, ...). `keep_rows`: every task's outcome under "rows" (paired tests)."""
     rows, nfe = [], []
     t0 = time.perf_counter()
     for i in range(0, len(prompts), batch_size):
@@ -246,15 +247,18 @@ def evaluate_completion(
             rows.append({"prompt": p, "completion": text, "parses": parses, "ended": ended})
             nfe.append(o.nfe)
     examples = [{k: r[k] for k in ("prompt", "completion", "parses", "ended")} for r in rows[:5]]
-    return _summary(rows, nfe, t0, {"parse_rate": "parses", "ended_rate": "ended"}, examples)
+    return _summary(rows, nfe, t0, {"parse_rate": "parses", "ended_rate": "ended"}, examples, keep_rows)
 
 
-def _summary(rows: list[dict], nfe: list[int], t0: float, rates: dict[str, str], examples: list[dict]) -> dict:
-    """n, each rate (share of rows whose boolean key is true), examples, wall seconds and mean NFE."""
+def _summary(rows, nfe, t0, rates: dict[str, str], examples: list[dict], keep_rows: bool = False) -> dict:
+    """n, each rate (share of rows whose boolean key is true), examples, wall seconds and mean NFE (and every row
+    with `keep_rows`)."""
     n = max(len(rows), 1)
     out: dict = {"n": len(rows)}
     out.update({name: sum(r[key] for r in rows) / n for name, key in rates.items()})
     out.update({"examples": examples, "seconds": time.perf_counter() - t0, "nfe_mean": sum(nfe) / n})
+    if keep_rows:
+        out["rows"] = rows
     return out
 
 
@@ -279,15 +283,18 @@ def evaluate_infill(
     temperature: float | None = None,
     seed: int = 0,
     heal: bool = True,
+    keep_rows: bool = False,
     **sampling,
 ) -> dict:
     """Fill each task and score exact match (stripped fill == stripped target) and whether prefix + fill + suffix
     parses (a fill that is blank or only comments never counts: deleting a line often leaves valid code).
 
     The fill length is an oracle: the number of tokens of the removed text (with the healed whitespace) under the
-    model's tokenizer, so the model is told how much to write. A diffusion model sees prefix and suffix; a causal
-    model (the AR twin) continues the prefix with the same token budget, and its fill is its text up to the end
-    of the line it writes (prefix-only completion, for contrast)."""
+    model's tokenizer, so the model is told how much to write. A diffusion model with full attention sees prefix and
+    suffix; a model that cannot see the suffix continues the prefix with the same token budget, and its fill is its
+    text up to the end of the line it writes (prefix-only completion): the AR twin, and a block-diffusion model
+    (its gap's blocks attend only to earlier blocks, never to the suffix after them)."""
+    prefix_only = lm.is_causal or getattr(lm.model.config, "attention", None) == "block_causal"
     rows, nfe = [], []
     t0 = time.perf_counter()
     for t in tasks:
@@ -295,7 +302,7 @@ def evaluate_infill(
         length = len(lm.tokenizer.encode(ws + t.target, parse_special=False))
         kw = {"steps": min(steps, length)} if steps else {}
         o = lm.infill(prefix, t.suffix, length, seed=seed, temperature=temperature, **kw, **sampling)
-        fill = _first_line(o.text, "\n" in ws) if lm.is_causal else o.text
+        fill = _first_line(o.text, "\n" in ws) if prefix_only else o.text
         rows.append(
             {
                 "prefix": t.prefix,
@@ -307,4 +314,4 @@ def evaluate_infill(
             }
         )
         nfe.append(o.nfe)
-    return _summary(rows, nfe, t0, {"exact_match": "exact_match", "ast_valid": "ast_valid"}, rows[:5])
+    return _summary(rows, nfe, t0, {"exact_match": "exact_match", "ast_valid": "ast_valid"}, rows[:5], keep_rows)
