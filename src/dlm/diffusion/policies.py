@@ -165,15 +165,12 @@ class Threshold(UnmaskPolicy):
 
 
 @register_policy
-class ThresholdPrefix(UnmaskPolicy):
+class ThresholdPrefix(LeftToRight):
     """Left to right with parallel commits: the leftmost masked position always, and every following candidate
     while its confidence p(x0) >= `threshold` (the run stops at the first one below). Tokens are committed in
     reading order, as an AR model would write them, several per forward where the model is sure."""
 
     name = "threshold_prefix"
-
-    def scores(self, s):
-        return LeftToRight.scores(self, s)
 
     def commit_count(self, scores, s):
         order = torch.argsort(scores.masked_fill(~s.candidates, float("-inf")), dim=1, descending=True, stable=True)
