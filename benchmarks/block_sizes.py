@@ -57,7 +57,7 @@ def speed(lm, method: str, a) -> dict:
     from dlm import bench
 
     b = bench.parser().parse_args(["--prompts", str(a.prompts), "--tasks", "0", "--runs", str(a.runs)])
-    prompts, _, _ = bench.load_prompts(b, lm)
+    prompts = bench.load_prompts(b, lm)[0]
     size = lm.model.config.block_size or 0
     cfg = bench.method_config(method, a.gen_length, size or 1, b, size)  # block: threshold_prefix 0.9
     fn = bench.generate_autoregressive if method == "ar" else bench.generate

@@ -21,8 +21,15 @@ Their `agreement` is against block-1 (the same model one token per forward).
 Per method and (batch size, gen_length): tok/s (generated tokens, up to and including EOS, over the wall time
 of the timed runs), NFE (mean forwards per prompt), TPF (tokens per forward), p50 latency of one batch call,
 peak RSS (and peak CUDA memory on GPU), `agreement` (exact token agreement of the generated region with the
-reference's, same prompts and settings: 1.0 for an exact method) and `task_score` (infilling exact match on
-held-out functions, `dlm.eval.code`, when task data is available).
+reference's, same prompts and settings: 1.0 for an exact method) and, when task data is available (the prompts are
+then signatures of held-out functions): `parse_rate` (share of the timed completions whose function body parses,
+`dlm.eval.code.function_body_parses`), `rep4` (degeneration: the share of a completion's 4-grams that repeat an
+earlier one in it, averaged over completions) and `task_score` (one-line infilling exact match, `dlm.eval.code`).
+
+The default run (batch 1 and 8, gen 256, 8 prompts, 3 timed passes, 20 infilling tasks, every method) is sized
+to finish within about five minutes on a 2-core CPU with the built-in models. `--plot PATH` draws tok/s against
+parse rate for every method and batch size, with each batch size's frontier (the methods no other method beats
+on both), as a PNG (matplotlib, the `eval` extra).
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ COLUMNS = (
     "p50_s",
     "peak_rss_mb",
     "agreement",
+    "parse_rate",
+    "rep4",
     "task_score",
     "x_reference",
 )
@@ -81,6 +90,69 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> float:
         same += sum(u == v for u, v in zip(x, y))
         total += max(len(x), len(y))
     return same / total if total else 1.0
+
+
+def repeated_ngrams(tokens: list[int], n: int = 4) -> float:
+    """The share of a sequence's n-grams that repeat an earlier n-gram of the same sequence (0 when it has none)."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+
+
+def completion_quality(texts: list[str], gens: list[list[int]], tokenizer, G: int) -> dict:
+    """parse_rate and rep4 of generations that complete the signatures `texts` (one pass over the prompts)."""
+    from .eval.code import function_body_parses
+
+    eos = getattr(tokenizer, "eos_token_id", None)
+    parses, rep = [], []
+    for prompt, g in zip(texts, gens):
+        g = g[: g.index(eos)] if eos is not None and eos in g else g
+        text = tokenizer.decode(g, skip_special_tokens=True)
+        parses.append(function_body_parses(prompt, text, truncated=len(g) >= G))
+        rep.append(repeated_ngrams(g))
+    return {"parse_rate": sum(parses) / len(parses), "rep4": statistics.mean(rep)}
+
+
+def frontier(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (speed, quality) that no other point beats on both (ties kept), by speed."""
+    keep = [
+        i for i, (x, y) in enumerate(points) if not any((u >= x and v >= y) and (u > x or v > y) for u, v in points)
+    ]
+    return sorted(keep, key=lambda i: points[i][0])
+
+
+def plot_frontier(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """PNG of tok/s (log x) against parse rate, one colour per batch size, its frontier as a line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise InputError("--plot", "needs matplotlib (pip install 'dlm[eval]')") from e
+    rows = [r for r in rows if r.get("parse_rate") is not None]
+    if not rows:
+        raise InputError("--plot", "no parse rates to plot: the prompts need task data (--task-data)")
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for B in sorted({r["batch"] for r in rows}):
+        rs = [r for r in rows if r["batch"] == B]
+        pts = [(r["tok_s"], r["parse_rate"]) for r in rs]
+        dots = ax.scatter(*zip(*pts), label=f"batch {B}", zorder=3)
+        front = frontier(pts)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color=dots.get_facecolor()[0], alpha=0.5)
+        for r, (x, y) in zip(rs, pts):
+            ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("generated tokens / s (log)")
+    ax.set_ylabel("completions that parse")
+    ax.set_title(title or "dlm bench: speed against quality (lines: each batch size's frontier)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
 
 
 def method_config(method: str, G: int, bl: int, a, block_size: int = 0) -> GenerationConfig | None:
@@ -152,9 +224,9 @@ def peak_memory(out: dict, device: torch.device):
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
-def load_prompts(a, lm) -> tuple[list[list[int]], list[str], list]:
-    """(prompt ids, prompt texts, infilling tasks) from the task data (signatures of held-out functions), or
-    a fixed list of Python openings without data."""
+def load_prompts(a, lm) -> tuple[list[list[int]], list[str], list, bool]:
+    """(prompt ids, prompt texts, infilling tasks, whether the prompts are signatures): from the task data
+    (signatures of held-out functions), or a fixed list of Python openings without data."""
     tasks, texts = [], []
     path = a.task_data or (DEFAULT_TASK_DATA if Path(DEFAULT_TASK_DATA).is_file() else None)
     if path:
@@ -168,13 +240,14 @@ def load_prompts(a, lm) -> tuple[list[list[int]], list[str], list]:
         texts = code.completion_tasks(functions, a.prompts, a.seed)
         fits = code.fit_to_model(lm, functions, task="infill")
         tasks = code.infill_tasks(fits, a.tasks, a.seed, "line") if a.tasks else []
+    signatures = bool(texts)
     if not texts:
         texts = FALLBACK_PROMPTS[: a.prompts]
     ids = [lm.tokenizer.encode(t)[-a.prompt_tokens :] for t in texts]
     n = len(ids)
     ids = [ids[i % n] for i in range(a.prompts)]  # fewer distinct prompts than asked: repeat them
     texts = [texts[i % n] for i in range(a.prompts)]
-    return ids, texts, tasks
+    return ids, texts, tasks, signatures
 
 
 def _count_tokens(seqs: list[list[int]], G: int) -> int:
@@ -280,7 +353,7 @@ def run(a, log=lambda msg: None) -> dict:
             raise InputError("--block-model", f"{a.block_model} is not a block-diffusion (block_causal) model")
     models = {"ar": ar, **{m: block for m in BLOCK_METHODS}}
     block_size = block.model.config.block_size if block is not None else 0
-    prompts, texts, tasks = load_prompts(a, lm)
+    prompts, texts, tasks, signatures = load_prompts(a, lm)
     log(f"{len(prompts)} prompts, {len(tasks)} infilling tasks, methods {', '.join(methods)}")
 
     scores = {}
@@ -321,6 +394,8 @@ def run(a, log=lambda msg: None) -> dict:
                 }
                 if "peak_cuda_mb" in res:
                     row["peak_cuda_mb"] = res["peak_cuda_mb"]
+                if signatures:
+                    row.update(completion_quality(texts, gens[: len(prompts)], (models.get(m) or lm).tokenizer, G))
                 rows.append(row)
                 tok = (models.get(m) or lm).tokenizer
                 examples.setdefault(m, {"prompt": texts[0], "text": tok.decode(gens[0], skip_special_tokens=True)})
@@ -381,7 +456,7 @@ def parser() -> argparse.ArgumentParser:
         "--block-model", default="builtin-block", help="block-diffusion model (default builtin-block); 'none' to skip"
     )
     p.add_argument("--batch-size", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--gen-length", type=int, nargs="+", default=[256, 1024])
+    p.add_argument("--gen-length", type=int, nargs="+", default=[256])
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of +parallel / +both / block")
     p.add_argument("--cache", default="dual", choices=["prefix", "dual"], help="cache of +cache / +both")
@@ -400,6 +475,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test): batch 1 2, gen 16, block 8")
     p.add_argument("--json", action="store_true", help="one JSON object: machine, settings, rows, examples")
+    p.add_argument("--plot", default=None, help="write the tok/s-vs-parse-rate frontier here (PNG)")
     return p
 
 
@@ -416,6 +492,12 @@ def main(argv: list[str] | None = None) -> int:
     except DLMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if a.plot:
+        try:
+            plot_frontier(res["rows"], a.plot)
+        except DLMError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if a.json:
         print(json.dumps(res))
     else:

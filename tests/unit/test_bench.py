@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dlm.bench import COLUMNS, METHODS, agreement, main
+from dlm.bench import COLUMNS, METHODS, agreement, completion_quality, frontier, main, repeated_ngrams
 from dlm.sampling import GenerationConfig
 from dlm.tokenizer import train_tokenizer
 
@@ -53,6 +53,34 @@ def test_agreement_is_exact_token_agreement():
     assert agreement([[1, 2]], [[1, 2, 3, 4]]) == 0.5  # a shorter generation disagrees where it is missing
 
 
+def test_repeated_ngrams_is_the_share_of_4grams_seen_before():
+    assert repeated_ngrams([1, 2, 3, 4, 5, 6]) == 0.0
+    assert repeated_ngrams([1, 2, 3]) == 0.0  # no 4-gram at all
+    assert repeated_ngrams([7, 7, 7, 7, 7, 7]) == 2 / 3  # 3 four-grams, one distinct
+    assert repeated_ngrams([1, 2, 3, 4, 1, 2, 3, 4]) == 1 / 5  # (1,2,3,4) comes back once among 5
+
+
+class _Chars:
+    eos_token_id = 0
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(map(chr, ids))
+
+
+def test_completion_quality_judges_the_text_before_eos():
+    tok, sig = _Chars(), "def f(x):\n"
+    good = [ord(c) for c in "    return x\n"] + [0] + [ord(c) for c in "))))"]
+    bad = [ord(c) for c in "    return (x\n"]
+    q = completion_quality([sig, sig], [good, bad], tok, G=64)
+    assert q["parse_rate"] == 0.5 and q["rep4"] == 0.0
+
+
+def test_frontier_keeps_the_points_nothing_beats_on_both():
+    pts = [(100.0, 0.3), (200.0, 0.2), (150.0, 0.1), (50.0, 0.3), (300.0, 0.2)]
+    assert frontier(pts) == [0, 4]  # (50, .3) is beaten by (100, .3); (200, .2) by (300, .2)
+    assert frontier([(1.0, 1.0), (1.0, 1.0)]) == [0, 1]
+
+
 def test_dlm_bench_quick_json_reports_every_method_with_the_named_columns(models):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     args = ["--model", models / "diffusion", "--ar-model", models / "ar", "--block-model", models / "block"]
@@ -79,6 +107,7 @@ def test_dlm_bench_quick_json_reports_every_method_with_the_named_columns(models
             )
             assert r["nfe"] >= 1 and 0 < r["tpf"] <= 16
             assert r["task_score"] is not None and 0.0 <= r["task_score"] <= 1.0
+            assert 0.0 <= r["parse_rate"] <= 1.0 and 0.0 <= r["rep4"] < 1.0
         by = {r["method"]: r for r in got}
         assert by["reference"]["agreement"] == 1.0 and by["reference"]["x_reference"] == 1.0
         assert by["reference"]["tpf"] <= 1.0 and by["block-1"]["tpf"] <= 1.0  # one token per forward
@@ -88,6 +117,19 @@ def test_dlm_bench_quick_json_reports_every_method_with_the_named_columns(models
         assert by["block-1"]["cache"] == by["block"]["cache"] == "block" and by["block"]["policy"] == "threshold_prefix"
         assert by["block-1"]["agreement"] == 1.0 and 0.0 <= by["block"]["agreement"] <= 1.0
     assert res["settings"]["block_model"] == str(models / "block")
+
+
+def test_plot_writes_the_frontier_png(models, tmp_path, capsys, monkeypatch):
+    args = ["--quick", "--json", "--model", models / "diffusion", "--ar-model", models / "ar", "--block-model", "none"]
+    args += ["--methods", "ar,+parallel", "--tasks", "0", "--runs", "1"]
+    assert main(list(map(str, args + ["--task-data", models / "test.jsonl", "--plot", tmp_path / "f.png"]))) == 0
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert {r["method"] for r in rows} == {"reference", "+parallel", "ar"}
+    assert all(r["parse_rate"] is not None for r in rows)
+    monkeypatch.chdir(tmp_path)  # no task data: the fallback openings are not signatures, nothing to plot
+    assert main(list(map(str, args + ["--plot", tmp_path / "g.png"]))) == 2
+    assert "--plot" in capsys.readouterr().err and not (tmp_path / "g.png").exists()
 
 
 def test_block_rows_against_the_ar_twin_run_without_the_reference(models, capsys):
