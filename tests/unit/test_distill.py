@@ -70,3 +70,25 @@ def test_bad_settings_name_the_field(teacher, tmp_path):
         make_teacher_data(_cfg(BUILTIN, tmp_path / "x"), log=lambda m: None)  # the diffusion built-in
     with pytest.raises(InputError, match="data"):
         cut_prompts([[1, 2, 3]], 4, 8, 0)
+
+
+def test_a_loop_free_teacher_keeps_its_completions_free_of_repeated_ngrams(teacher, tmp_path):
+    from dlm.training.distill import _fingerprint
+
+    def grams(seq, n=3):
+        return [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+
+    plain = make_teacher_data(_cfg(teacher, tmp_path / "p", gen_length=24), log=lambda m: None)
+    free = make_teacher_data(_cfg(teacher, tmp_path / "f", gen_length=24, no_repeat_ngram_size=3), log=lambda m: None)
+    assert plain["fingerprint"] != free["fingerprint"]
+    # the default leaves the fingerprint of datasets made before the option existed as it was
+    assert plain["fingerprint"] == _fingerprint(_cfg(teacher, tmp_path, gen_length=24), plain["tokenizer_sha1"])
+    recs = {k: [json.loads(line) for p in sorted((tmp_path / k).glob("part-*.jsonl")) for line in p.open()]
+            for k in ("p", "f")}  # fmt: skip
+    assert any(len(set(grams(r["completion_ids"]))) < len(grams(r["completion_ids"])) for r in recs["p"])
+    for r in recs["f"]:
+        full = r["prompt_ids"] + r["completion_ids"]
+        new = grams(full)[len(r["prompt_ids"]) - 2 :]
+        assert all(g not in grams(full)[: j + len(r["prompt_ids"]) - 2] for j, g in enumerate(new)), r
+    with pytest.raises(DLMError, match="no-repeat-ngram-size"):
+        _cfg(teacher, tmp_path, no_repeat_ngram_size=-1)

@@ -23,6 +23,9 @@ def distill_data(
     seed: int = typer.Option(0, "--seed", help="Where the prompts are cut."),
     max_bytes: int = typer.Option(20_000_000, "--max-bytes", help="Corpus text read (0 = all)."),
     dtype: str = typer.Option("float32", "--autocast", help="float32 | bfloat16 for the teacher's forwards."),
+    no_repeat_ngram_size: int = typer.Option(
+        0, "--no-repeat-ngram-size", help="The teacher never repeats an n-gram of this size (0 = plain greedy)."
+    ),
     device: str = device_option(),
 ):
     """Generate (or resume) a distillation dataset: train a student on it with data.task: sft."""
@@ -30,6 +33,7 @@ def distill_data(
 
     cfg = TeacherDataConfig(teacher=teacher, data=list(data), out=str(out), prompts=prompts,
                             prompt_tokens=prompt_tokens, gen_length=gen_length, batch_size=batch_size,
-                            shard_size=shard_size, seed=seed, max_bytes=max_bytes, dtype=dtype)  # fmt: skip
+                            shard_size=shard_size, seed=seed, max_bytes=max_bytes, dtype=dtype,
+                            no_repeat_ngram_size=no_repeat_ngram_size)  # fmt: skip
     m = make_teacher_data(cfg, device=device or "cpu", log=lambda msg: typer.echo(msg, err=True))
     typer.echo(f"{m['completions']} completions in {out} ({'complete' if m['complete'] else 'incomplete'})")

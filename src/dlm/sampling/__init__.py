@@ -3,7 +3,7 @@
 from .config import GenerationConfig
 from .generate import GenerationOutput, generate
 from ..diffusion.policies import POLICIES, StepInputs, UnmaskPolicy, get_policy, register_policy
-from .processors import LogitsProcessor, SuppressTokens, top_k_top_p_filter
+from .processors import LogitsProcessor, NoRepeatNGram, SuppressTokens, top_k_top_p_filter
 from .streamer import CallbackStreamer, RecordingStreamer, StepEvent, Streamer
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "GenerationConfig",
     "GenerationOutput",
     "LogitsProcessor",
+    "NoRepeatNGram",
     "RecordingStreamer",
     "StepEvent",
     "StepInputs",

@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..model import KVCache
 from .config import GenerationConfig
 from .generate import GenerationOutput, _model_attr, _row_generators
-from .processors import top_k_top_p_filter
+from .processors import config_processors, top_k_top_p_filter
 from .streamer import CallbackStreamer, StepEvent, Streamer
 
 
@@ -63,10 +63,14 @@ def generate_autoregressive(
     out = [[] for _ in range(B)]
     done = [False] * B
     nfe = [1] * B
+    processors = [*logits_processors, *config_processors(config, eos_id)]
+    history = torch.where(attn.bool(), ids, -1)  # what processors see: the decided tokens, -1 on padding
     for step in range(config.gen_length):
         logits = logits[:, -1].float()
-        for proc in logits_processors:
-            logits = proc(ids, logits[:, None], None)[:, 0]
+        if processors:
+            at = torch.full((B, 1), history.shape[1], device=device)
+            for proc in processors:
+                logits = proc(history, logits[:, None], at)[:, 0]
         if config.temperature > 0:
             filtered = top_k_top_p_filter(logits, config.top_k, config.top_p)
             u = torch.stack([torch.rand(logits.shape[-1], generator=g, device=g.device) for g in gens]).to(device)
@@ -91,6 +95,8 @@ def generate_autoregressive(
         if all(done) or step == config.gen_length - 1:
             break
         ids = nxt[:, None]
+        if processors:
+            history = torch.cat([history, ids], dim=1)
         attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
         with amp:
             logits = model(ids, attention_mask=attn, cache=cache)

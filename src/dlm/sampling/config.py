@@ -25,6 +25,7 @@ class GenerationConfig:
     seed: int | None = None  # every row gets its own generator seeded with this (batch-invariant)
     stop_at_eos: bool = True  # a row ends once an EOS is committed and everything before it is final
     trim_at_eos: bool = True  # output text stops at the first EOS
+    no_repeat_ngram_size: int = 0  # never repeat an n-gram of this size within a row (Hugging Face's; 0 = off)
     # parallel decoding (policies threshold, factor, entropy_bound, credit): `steps` is then an upper bound
     threshold: float = 0.9  # threshold/credit: commit every candidate whose confidence >= this (at least one)
     factor: float = 1.0  # factor: commit ranks r = 1, 2, ... while confidence_r >= 1 - factor / (r + 1)
@@ -102,4 +103,5 @@ class GenerationConfig:
 
         check_choice("cache", self.cache, CACHES)
         check_positive("cache_refresh", self.cache_refresh, allow_zero=True)
+        check_positive("no_repeat_ngram_size", self.no_repeat_ngram_size, allow_zero=True)
         check_choice("dtype", self.dtype, DTYPES)

@@ -22,6 +22,7 @@ from ..diffusion import NoiseProcess, StepContext, build_process
 from ..errors import InputError
 from .config import GenerationConfig
 from .forward import ModelRunner
+from .processors import config_processors
 from .rows import Rows
 from .streamer import CallbackStreamer, StepEvent, Streamer
 
@@ -140,7 +141,7 @@ class Denoiser:
         if streamer is not None and not isinstance(streamer, Streamer):
             streamer = CallbackStreamer(streamer)
         self.streamer = streamer
-        self.logits_processors = logits_processors
+        self.logits_processors = [*logits_processors, *config_processors(config, self.eos_id)]
         self.device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
         self.pad_id = _model_attr(model, "pad_token_id") or 0
         self.gen_length, self.block_length = config.gen_length, config.block_size
@@ -269,8 +270,10 @@ class Denoiser:
         lo = (block_start - int(self.shift)).clamp(min=0)
         logits = self.runner.logits(r.tokens, r.attention, r.positions, r.cfg_hidden, idx, r.step, lo, block_end,
                                     with_text)  # fmt: skip
-        for proc in self.logits_processors:
-            logits = proc(r.tokens, logits, query_slots)
+        if self.logits_processors:
+            decided = torch.where(r.noisy | (r.attention == 0), -1, r.tokens)
+            for proc in self.logits_processors:
+                logits = proc(decided, logits, query_slots)
         return logits
 
     def step(self) -> list[int]:

@@ -2,7 +2,8 @@
 stored as an SFT dataset (`{"prompt_ids", "completion_ids"}` records, the teacher's exact tokens) that a diffusion
 student trains on (`data.task: sft`). A teacher's greedy outputs carry far less entropy than the corpus, so a
 parallel student can be sure of many tokens at once (non-autoregressive translation's recipe; dParallel and d3LLM
-distil the same way).
+distil the same way). A small teacher's greedy text loops (the built-in AR twin repeats 51 % of the 8-grams of
+its completions; held-out code 1.6 %): `no_repeat_ngram_size` keeps the teacher greedy but loop-free.
 
 Prompts are windows of `prompt_tokens` tokens cut from the corpus documents at offsets drawn from `seed` (every
 prompt is decided before any is generated), split into shards of `shard_size` prompts. Each shard is written
@@ -38,6 +39,7 @@ class TeacherDataConfig:
     seed: int = 0
     max_bytes: int = 20_000_000  # corpus text read to cut prompts from (0 = all)
     dtype: str = "float32"  # float32 | bfloat16 (the teacher's forward passes)
+    no_repeat_ngram_size: int = 0  # the teacher never repeats an n-gram of this size (0 = plain greedy)
 
     def __post_init__(self) -> None:
         for name in ("prompts", "prompt_tokens", "gen_length", "batch_size", "shard_size"):
@@ -45,6 +47,7 @@ class TeacherDataConfig:
         if not self.data:
             raise InputError("data", "give at least one corpus source to cut prompts from")
         check_choice("dtype", self.dtype, ("float32", "bfloat16"))
+        check_positive("no-repeat-ngram-size", self.no_repeat_ngram_size, allow_zero=True)
 
 
 def cut_prompts(docs: list[list[int]], n: int, length: int, seed: int) -> list[tuple[int, int]]:
@@ -60,6 +63,8 @@ def cut_prompts(docs: list[list[int]], n: int, length: int, seed: int) -> list[t
 
 def _fingerprint(cfg: TeacherDataConfig, tokenizer_hash: str) -> str:
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("out", "batch_size", "shard_size")}
+    if not keep["no_repeat_ngram_size"]:  # added later: datasets made without it keep their fingerprint
+        del keep["no_repeat_ngram_size"]
     return hashlib.sha1(json.dumps([keep, tokenizer_hash], sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -98,7 +103,8 @@ def make_teacher_data(cfg: TeacherDataConfig, *, device="cpu", log=print, max_sh
             break
     docs = [tok.encode(t, parse_special=False) for t in texts]
     windows = cut_prompts(docs, cfg.prompts, cfg.prompt_tokens, cfg.seed)
-    gen = GenerationConfig(gen_length=cfg.gen_length, steps=cfg.gen_length, temperature=0.0, dtype=cfg.dtype)
+    gen = GenerationConfig(gen_length=cfg.gen_length, steps=cfg.gen_length, temperature=0.0, dtype=cfg.dtype,
+                           no_repeat_ngram_size=cfg.no_repeat_ngram_size)  # fmt: skip
     shards = [windows[i : i + cfg.shard_size] for i in range(0, len(windows), cfg.shard_size)]
     manifest = {
         "teacher": cfg.teacher,
