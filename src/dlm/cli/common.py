@@ -48,7 +48,8 @@ app.add_typer(distill_app, name="distill")
 MODEL_HELP = (
     "A checkpoint folder (dlm, LLaDA, Dream, LLaMA/Qwen2/Mistral safetensors), a .gguf file, a LoRA adapter folder "
     "(merged into the base it names), pkg:PACKAGE/PATH inside an installed package, or a built-in model: "
-    "builtin (diffusion, default) or builtin-ar (its AR twin)."
+    "builtin (diffusion, default), builtin-ar (its AR twin), builtin-block (block diffusion) or smollm2-diffusion "
+    "(SmolLM2-135M as block diffusion, an adapter)."
 )
 
 
