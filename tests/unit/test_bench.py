@@ -75,6 +75,28 @@ def test_completion_quality_judges_the_text_before_eos():
     assert q["parse_rate"] == 0.5 and q["rep4"] == 0.0
 
 
+def test_prompts_are_fed_healed_and_the_newline_the_model_writes_is_not_judged_twice(monkeypatch, tmp_path):
+    """The signature "def f(x):\n" is fed as "def f(x):" (a bare newline token would end the line the model should
+    write as "\n    "); the completion then starts with that newline, which belongs to the prompt's text."""
+    tok, sig = _Chars(), "def f(x):\n"
+    healed = [ord(c) for c in "\n    return x\n"]
+    left = [ord(c) for c in "\ndef g(y):\n    return y\n"]  # it wrote a new function instead: no body
+    assert completion_quality([sig, sig], [healed, left], tok, G=64)["parse_rate"] == 0.5
+
+    class A:
+        task_data, prompts, seed, tasks, prompt_tokens = None, 2, 0, 0, 64
+
+    import dlm.bench
+
+    monkeypatch.setattr(dlm.bench, "DEFAULT_TASK_DATA", str(tmp_path / "absent.jsonl"))  # the fixed openings
+
+    class Lm:
+        tokenizer = type("T", (), {"encode": staticmethod(lambda t: [ord(c) for c in t])})
+
+    ids, texts, _, _ = dlm.bench.load_prompts(A(), Lm())
+    assert [bytes(i).decode() for i in ids] == [t.rstrip() for t in texts] and texts[0] != texts[0].rstrip()
+
+
 def test_frontier_keeps_the_points_nothing_beats_on_both():
     pts = [(100.0, 0.3), (200.0, 0.2), (150.0, 0.1), (50.0, 0.3), (300.0, 0.2)]
     assert frontier(pts) == [0, 4]  # (50, .3) is beaten by (100, .3); (200, .2) by (300, .2)
