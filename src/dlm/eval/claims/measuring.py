@@ -13,7 +13,7 @@ TASKS = ("sudoku", "countdown", "arithmetic", "facts")
 def _bench(quick: bool) -> dict:
     from ...bench import parser, run
 
-    args = ["--batch-size", "1", "--gen-length", "256", "--tasks", "20"]
+    args = ["--batch-size", "1", "--gen-length", "256", "--runs", "3", "--tasks", "20"]
     if quick:
         args = ["--quick"]
     a = parser().parse_args(args)
