@@ -36,6 +36,8 @@ def summarize(run: Path) -> dict:
             by_step[rec["step"]] = rec
     recs = [by_step[s] for s in sorted(by_step)]
     cfg = json.loads((run / "run_config.json").read_text())
+    if cfg["train"].get("init_from"):  # the trainer ignored this section: do not ship defaults as if they were used
+        cfg["model"] = "not used: the network came from train.init_from (its shape is in config.json)"
     log_every = cfg["train"]["log_every"]
     tokens_per_step = recs[-1]["tokens"] / recs[-1]["step"]
     # each tok_s covers the log_every steps before it; their sum is the step time (no eval, no checkpointing)
