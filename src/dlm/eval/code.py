@@ -191,7 +191,7 @@ def infill_tasks(functions: list[str], n: int, seed: int, kind: Literal["line", 
     return tasks
 
 
-def _heal(text: str, heal: bool) -> tuple[str, str]:
+def heal_prompt(text: str, heal: bool = True) -> tuple[str, str]:
     """(what the model is fed, the trailing whitespace it has to write itself)."""
     fed = text.rstrip() if heal else text
     return (fed, text[len(fed) :]) if fed else (text, "")
@@ -229,7 +229,7 @@ def evaluate_completion(
     t0 = time.perf_counter()
     for i in range(0, len(prompts), batch_size):
         batch = prompts[i : i + batch_size]
-        fed = [_heal(p, heal) for p in batch]
+        fed = [heal_prompt(p, heal) for p in batch]
         outs = lm.generate(
             [f for f, _ in fed],
             gen_length=gen_length,
@@ -298,7 +298,7 @@ def evaluate_infill(
     rows, nfe = [], []
     t0 = time.perf_counter()
     for t in tasks:
-        prefix, ws = _heal(t.prefix, heal)
+        prefix, ws = heal_prompt(t.prefix, heal)
         length = len(lm.tokenizer.encode(ws + t.target, parse_special=False))
         kw = {"steps": min(steps, length)} if steps else {}
         o = lm.infill(prefix, t.suffix, length, seed=seed, temperature=temperature, **kw, **sampling)
