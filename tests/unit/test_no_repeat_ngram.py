@@ -53,30 +53,26 @@ def new_repeats(prompt, canvas, n):
     return bad
 
 
+def _never_repeats_and_batch_equals_alone(loop, m, kw, n):
+    plain = loop(m, PROMPTS, GenerationConfig(**kw)).canvases
+    assert any(new_repeats(p, c, n) for p, c in zip(PROMPTS, plain))  # the test can fail: without it, repeats
+    cfg = GenerationConfig(**kw, no_repeat_ngram_size=n)
+    out = loop(m, PROMPTS, cfg)
+    for i, p in enumerate(PROMPTS):
+        assert new_repeats(p, out.canvases[i], n) == [], (p, out.canvases[i])
+        assert loop(m, [p], cfg).canvases[0] == out.canvases[i]
+
+
 @pytest.mark.parametrize("policy", ["low_confidence", "left_to_right"])
 @pytest.mark.parametrize("block", [4, 16])
 def test_the_diffusion_loop_never_repeats_an_ngram_and_batch_equals_alone(policy, block):
-    m = _sharp(0)
     kw = dict(gen_length=16, steps=16, block_length=block, policy=policy, stop_at_eos=False)
-    plain = generate(m, PROMPTS, GenerationConfig(**kw)).canvases
-    assert any(new_repeats(p, c, 2) for p, c in zip(PROMPTS, plain))  # the test can fail: without it, repeats
-    cfg = GenerationConfig(**kw, no_repeat_ngram_size=2)
-    out = generate(m, PROMPTS, cfg)
-    for i, p in enumerate(PROMPTS):
-        assert new_repeats(p, out.canvases[i], 2) == [], (p, out.canvases[i])
-        assert generate(m, [p], cfg).canvases[0] == out.canvases[i]
+    _never_repeats_and_batch_equals_alone(generate, _sharp(0), kw, 2)
 
 
 def test_the_ar_loop_never_repeats_an_ngram_and_batch_equals_alone():
-    m = _sharp(1, attention="causal")
     kw = dict(gen_length=16, steps=16, stop_at_eos=False)
-    plain = generate_autoregressive(m, PROMPTS, GenerationConfig(**kw)).canvases
-    assert any(new_repeats(p, c, 3) for p, c in zip(PROMPTS, plain))
-    cfg = GenerationConfig(**kw, no_repeat_ngram_size=3)
-    out = generate_autoregressive(m, PROMPTS, cfg)
-    for i, p in enumerate(PROMPTS):
-        assert new_repeats(p, out.canvases[i], 3) == [], (p, out.canvases[i])
-        assert generate_autoregressive(m, [p], cfg).canvases[0] == out.canvases[i]
+    _never_repeats_and_batch_equals_alone(generate_autoregressive, _sharp(1, attention="causal"), kw, 3)
 
 
 def test_a_negative_size_names_the_field():
