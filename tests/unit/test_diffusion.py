@@ -158,6 +158,9 @@ def test_log_likelihood_prefers_the_answer_a_trained_model_predicts():
         ({"schedule": "quadratic"}, "schedule"),
         ({"eps": 0.0}, "eps"),
         ({"random_length_prob": 2.0}, "random_length_prob"),
+        ({"token_reweighting": [0.0, 1.0]}, "token_reweighting"),
+        ({"token_reweighting": [0.25, -1.0]}, "token_reweighting"),
+        ({"token_reweighting": [0.25]}, "token_reweighting"),
     ],
 )
 def test_bad_diffusion_config_names_the_field(kw, field):
@@ -195,9 +198,22 @@ def test_training_learns_to_use_context():
     assert before > 20 and after < 2.0, (before, after)
 
 
-@pytest.mark.parametrize("autocast", [False, True])
-def test_fused_head_cross_entropy_matches_plain_logits(autocast):
-    from dlm.diffusion.fused_ce import chunked_cross_entropy, weighted_cross_entropy
+def test_token_reweighting_by_hand():
+    """MGDM's focal reweighting: alpha * (1 - e^-CE)^gamma * CE. At CE = ln 2, 1 - e^-CE = 1/2."""
+    from dlm.diffusion.fused_ce import token_reweight
+
+    ce = torch.tensor([math.log(2.0), 0.0])
+    assert torch.allclose(token_reweight(ce, 0.25, 1.0), torch.tensor([0.25 * 0.5 * math.log(2.0), 0.0]))
+    assert torch.allclose(token_reweight(ce, 0.25, 2.0), torch.tensor([0.25 * 0.25 * math.log(2.0), 0.0]))
+    assert torch.allclose(token_reweight(ce, 1.0, 0.0), ce)  # gamma 0, alpha 1: plain CE
+
+
+FOCAL = [None, (0.25, 1.0), (0.5, 2.0), (1.0, 0.5)]
+
+
+@pytest.mark.parametrize("autocast,focal", [(False, f) for f in FOCAL] + [(True, None), (True, (0.25, 1.0))])
+def test_fused_head_cross_entropy_matches_plain_logits(autocast, focal):
+    from dlm.diffusion.fused_ce import chunked_cross_entropy, token_reweight, weighted_cross_entropy
 
     torch.manual_seed(0)
     h = torch.randn(37, 16, requires_grad=True)
@@ -206,31 +222,30 @@ def test_fused_head_cross_entropy_matches_plain_logits(autocast):
     rw = torch.rand(37)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
     with ctx:
-        fused = weighted_cross_entropy(h, w, t, rw, MASK, chunk=8)
+        fused = weighted_cross_entropy(h, w, t, rw, MASK, chunk=8, focal=focal)
     (gh, gw) = torch.autograd.grad(fused * 2.0, (h, w))
     with ctx:
         logits = (h @ w.t()).float()
-    ref = (
-        torch.nn.functional.cross_entropy(
-            logits.masked_fill(torch.arange(50) == MASK, float("-inf")), t, reduction="none"
-        )
-        * rw
-    ).sum()
+    ce = torch.nn.functional.cross_entropy(
+        logits.masked_fill(torch.arange(50) == MASK, float("-inf")), t, reduction="none"
+    )  # autograd differentiates the reweighting; the fused kernel applies its derivative by hand
+    ref = ((token_reweight(ce, *focal) if focal else ce) * rw).sum()
     (rh, rw_) = torch.autograd.grad(ref * 2.0, (h, w))
     tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
     assert torch.allclose(fused, ref, **tol)
     assert torch.allclose(gh, rh, **tol) and torch.allclose(gw, rw_, **tol)
     with torch.no_grad(), ctx:
         per_row = chunked_cross_entropy(h, w, t, MASK, chunk=5)
-    assert torch.allclose((per_row * rw).sum(), ref, **tol)
+    assert torch.allclose(((token_reweight(per_row, *focal) if focal else per_row) * rw).sum(), ref, **tol)
 
 
-def test_fused_and_plain_training_losses_agree():
+@pytest.mark.parametrize("focal", [None, [0.25, 1.0]])
+def test_fused_and_plain_training_losses_agree(focal):
     from dlm.model import ModelConfig, Transformer
 
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=44, d_model=32, n_layers=2, n_heads=4, mask_token_id=MASK))
-    diff = MaskedDiffusion(DiffusionConfig(), mask_token_id=MASK)
+    diff = MaskedDiffusion(DiffusionConfig(token_reweighting=focal), mask_token_id=MASK)
     x = torch.randint(4, 44, (4, 24))
     a = diff.loss(model, x, generator=torch.Generator().manual_seed(0)).loss
     diff.fused = False
@@ -239,3 +254,7 @@ def test_fused_and_plain_training_losses_agree():
     ga = torch.autograd.grad(a, model.embed_tokens.weight)[0]
     gb = torch.autograd.grad(b, model.embed_tokens.weight)[0]
     assert torch.allclose(ga, gb, atol=1e-6)
+    if focal:  # and the reweighting changed the loss: the same batch without it
+        plain = MaskedDiffusion(DiffusionConfig(), mask_token_id=MASK)
+        c = plain.loss(model, x, generator=torch.Generator().manual_seed(0)).loss
+        assert not torch.allclose(a, c, rtol=1e-2)

@@ -12,7 +12,7 @@ from dlm.tasks.countdown import evaluate as count_eval
 from dlm.tasks.sudoku import is_solution, parse, solve
 
 # sha256 of the first 20 test prompts: a change here means every published number moves; don't.
-PINNED = {"sudoku": "4146af34e07f2fff", "countdown": "fcb1bd97c27224a0", "arithmetic": "bfd71258131445ff",
+PINNED = {"sudoku": "7e755a6eca70a5be", "countdown": "fcb1bd97c27224a0", "arithmetic": "bfd71258131445ff",
           "facts": "b1e375fa8d699319"}  # fmt: skip
 
 
@@ -28,6 +28,57 @@ def test_splits_are_pinned_disjoint_and_prefix_stable(name):
     keys = {t.split_key(e) for e in train}
     assert not keys & {t.split_key(e) for e in test}  # e.g. no Sudoku base puzzle on both sides
     assert all(t.verify(e, e.answer) for e in train[:50] + test)
+
+
+def test_sudoku_cells_layout_is_one_fixed_length_line_of_the_same_puzzles():
+    """The cells layout (81 digits, one token per cell with a character tokenizer) changes the text, not the
+    puzzles: the grid layout still gives the digest pinned before cells existed, with the same digits."""
+    from dlm.tokenizer import train_tokenizer
+
+    cells, grid = get_task("sudoku").examples("test", 20), get_task("sudoku", layout="grid").examples("test", 20)
+    assert hashlib.sha256("\n".join(e.prompt for e in grid).encode()).hexdigest()[:16] == "4146af34e07f2fff"
+    assert [parse(c.prompt) for c in cells] == [parse(g.prompt) for g in grid]
+    assert [parse(c.answer) for c in cells] == [parse(g.answer) for g in grid]
+    assert all(len(e.prompt) == len(e.answer) == 81 and e.prompt.isdigit() for e in cells)
+    chars = train_tokenizer([], 263, texts=[cells[0].prompt])  # no merges: one token per character
+    assert all(len(chars.encode(e.prompt)) == len(chars.encode(e.answer)) == 81 for e in cells)
+    with pytest.raises(InputError, match="layout"):
+        get_task("sudoku", layout="rows")
+
+
+def test_sudoku_reads_outside_puzzles_and_names_bad_lines(tmp_path):
+    t = get_task("sudoku")
+    exs = t.examples("test", 3)
+    good = tmp_path / "p.jsonl"
+    good.write_text("".join(json.dumps({"puzzle": e.prompt, "solution": e.answer}) + "\n\n" for e in exs))
+    got = t.load_examples(good)
+    assert [(e.prompt, e.answer) for e in got] == [(e.prompt, e.answer) for e in exs]
+    assert [e.index for e in got] == [1, 3, 5]  # line numbers
+    assert len(t.load_examples(good, limit=2)) == 2
+    assert t.verify(got[0], exs[0].answer) and not t.verify(got[0], exs[1].answer)
+    p, s = exs[0].prompt, exs[0].answer
+    wrong = s[:80] + ("1" if s[80] != "1" else "2")
+    bad = [
+        ("{not json", "line 1: not JSON"),
+        (json.dumps({"puzzle": p[:80], "solution": s}), "line 1: puzzle: got"),
+        (json.dumps({"puzzle": p.replace("0", "."), "solution": s}), "puzzle: got"),
+        (json.dumps({"puzzle": p}), "solution: got None"),
+        (json.dumps({"puzzle": p, "solution": p}), "solution: got"),  # zeros are not a solution
+        (json.dumps({"puzzle": p, "solution": wrong}), "solution: is not a solution"),
+        (json.dumps([p, s]), "puzzle: got None"),
+    ]
+    for i, (line, msg) in enumerate(bad):
+        f = tmp_path / f"bad{i}.jsonl"
+        f.write_text(line + "\n")
+        with pytest.raises(InputError, match=msg):
+            t.load_examples(f)
+    with pytest.raises(InputError, match="does not exist"):
+        t.load_examples(tmp_path / "none.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(InputError, match="no examples"):
+        t.load_examples(tmp_path / "empty.jsonl")
+    with pytest.raises(InputError, match="does not read examples"):
+        get_task("arithmetic").load_examples(good)
 
 
 def test_sudoku_puzzles_are_unique_and_verifier_is_exact():
@@ -136,3 +187,14 @@ def test_evaluate_runs_the_model_through_the_chat_template():
     assert res["nfe_mean"] > 0 and len(res["examples"]) == 3 and "output" in res["examples"][0]
     again = evaluate(lm, t, t.examples("test", 3), batch_size=3, seed=0)
     assert [r["output"] for r in again["examples"]] == [r["output"] for r in res["examples"]]  # batch-invariant
+
+
+def test_eval_task_data_errors_name_the_line_before_loading_a_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from dlm.cli import app
+
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"puzzle": "0" * 81, "solution": "1" * 80}) + "\n")
+    r = CliRunner().invoke(app, ["eval", "task", "sudoku", "--model", "no-such-model", "--data", str(f)])
+    assert r.exit_code == 2 and f"{f} line 1: solution: got" in r.output, r.output

@@ -170,8 +170,11 @@ def eval_quality(
 def eval_task(
     task: str = typer.Argument(..., help=TASK_HELP),
     model: str = model_option(),
-    n: int = typer.Option(100, "-n", help="Test examples."),
+    n: int = typer.Option(100, "-n", help="Test examples (with --data: at most this many from the file)."),
     split: str = typer.Option("test", "--split", help="test | train"),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help='Score examples from a JSONL file instead of a split (sudoku: {"puzzle", "solution"}).'
+    ),
     option: List[str] = task_option(),
     sampling: dict = ...,
     batch_size: int = batch_size_option(),
@@ -184,15 +187,16 @@ def eval_task(
 
     t = make_task(task, option)
     check_at_least_one("-n", n)
-    examples = t.examples(split, n)
+    examples = t.load_examples(data, n) if data is not None else t.examples(split, n)
+    source = str(data) if data is not None else split
     lm = load_model(model, dtype, device)
-    res = {"model": model, "split": split, **evaluate(lm, t, examples, batch_size=batch_size, **sampling)}
+    res = {"model": model, "split": source, **evaluate(lm, t, examples, batch_size=batch_size, **sampling)}
     if as_json:
         echo_json(res)
     else:
         extra = "".join(f", {k} {res[k]:.1%}" for k in ("hallucinated", "abstained", "cell_accuracy") if k in res)
         typer.echo(
-            f"{task} ({res['config']}): accuracy {res['accuracy']:.1%} over {res['n']} {split} examples{extra} "
+            f"{task} ({res['config']}): accuracy {res['accuracy']:.1%} over {res['n']} {source} examples{extra} "
             f"({res['nfe_mean']:.1f} NFE mean, {res['seconds']:.1f} s)"
         )
 

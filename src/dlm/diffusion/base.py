@@ -47,6 +47,10 @@ class DiffusionConfig:
     # noisy positions opens from causal to the process's own (each forward-looking pair opens with probability
     # step / N); 0 = off. Held-out evaluation always uses the final attention.
     anneal_steps: int = 0
+    # MGDM's token-level reweighting [alpha, gamma] (Ye et al. 2410.14157; their Sudoku recipe: [0.25, 1]): each
+    # masked token's CE becomes alpha * (1 - exp(-CE))^gamma * CE in the training losses, so hard tokens weigh
+    # more. Training only: the held-out bound stays the ELBO. null = off.
+    token_reweighting: list[float] | None = None
 
     def __post_init__(self) -> None:
         _load_builtin_processes()
@@ -66,6 +70,15 @@ class DiffusionConfig:
             raise ConfigError("diffusion.anneal_steps", f"got {self.anneal_steps!r}; must be an integer >= 0")
         if self.block_size is not None and (not isinstance(self.block_size, int) or self.block_size < 1):
             raise ConfigError("diffusion.block_size", f"got {self.block_size!r}; must be a positive integer or null")
+        if self.token_reweighting is not None:
+            ok = isinstance(self.token_reweighting, (list, tuple)) and len(self.token_reweighting) == 2
+            a, g = (float(v) for v in self.token_reweighting) if ok else (0.0, -1.0)
+            if not (ok and a > 0 and g >= 0):
+                raise ConfigError(
+                    "diffusion.token_reweighting",
+                    f"got {self.token_reweighting!r}; must be [alpha, gamma] with alpha > 0 and gamma >= 0, or null",
+                )
+            self.token_reweighting = [a, g]
         if not 0.0 <= self.random_length_prob <= 1.0:
             raise ConfigError("diffusion.random_length_prob", f"got {self.random_length_prob}; must be in [0, 1]")
 

@@ -25,9 +25,24 @@ def _chunk_logits(h_c: torch.Tensor, w: torch.Tensor, mask_token_id: int) -> tor
     return logits
 
 
+def token_reweight(ce: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """MGDM's token-level reweighting (Ye et al., arXiv 2410.14157): alpha * (1 - exp(-CE))^gamma * CE, a focal
+    loss that weighs hard tokens (high CE) up; differentiable."""
+    return alpha * (-torch.expm1(-ce)).pow(gamma) * ce
+
+
+def _token_reweight_grad(ce: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """d token_reweight / d CE = alpha * f^(gamma-1) * (f + gamma (1-f) CE), f = 1 - exp(-CE); at CE = 0 its
+    limit (alpha when gamma = 0, else 0)."""
+    f = -torch.expm1(-ce)
+    safe = f.clamp_min(torch.finfo(f.dtype).tiny)
+    d = alpha * safe.pow(gamma - 1) * (f + gamma * (1 - f) * ce)
+    return torch.where(f > 0, d, torch.full_like(d, alpha if gamma == 0 else 0.0))
+
+
 class _WeightedCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, targets, row_weights, mask_token_id: int, chunk: int, cd: torch.dtype):
+    def forward(ctx, h, weight, targets, row_weights, mask_token_id: int, chunk: int, cd: torch.dtype, focal=None):
         hc, wc = h.to(cd), weight.to(cd)
         grad_h = torch.empty_like(h, dtype=torch.float32)
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
@@ -37,7 +52,11 @@ class _WeightedCE(torch.autograd.Function):
             logits = _chunk_logits(h_c, wc, mask_token_id)
             lse = torch.logsumexp(logits, dim=-1)
             ce = lse - logits.gather(1, t_c[:, None]).squeeze(1)
-            total += (ce * rw).sum()
+            if focal is not None:  # the loss is still a weighted sum of per-row terms: chain rule per row
+                total += (token_reweight(ce, *focal) * rw).sum()
+                rw = rw * _token_reweight_grad(ce, *focal)
+            else:
+                total += (ce * rw).sum()
             g = torch.exp(logits - lse[:, None])  # softmax; the mask column is exp(-inf) = 0
             g[torch.arange(g.shape[0], device=g.device), t_c] -= 1.0
             g = (g * rw[:, None]).to(cd)
@@ -51,7 +70,7 @@ class _WeightedCE(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
         hd, wd = ctx.dtypes
-        return (grad_h * grad_out).to(hd), (grad_w * grad_out).to(wd), None, None, None, None, None
+        return (grad_h * grad_out).to(hd), (grad_w * grad_out).to(wd), None, None, None, None, None, None
 
 
 def weighted_cross_entropy(
@@ -61,13 +80,15 @@ def weighted_cross_entropy(
     row_weights: torch.Tensor,
     mask_token_id: int | None,
     chunk: int = 64,
+    focal: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """sum_i row_weights[i] * CE(hidden[i] @ weight.T, targets[i]), the mask token excluded unless it is None
-    (scalar)."""
+    (scalar). With `focal` = (alpha, gamma) each CE is replaced by token_reweight(CE, alpha, gamma)."""
     if hidden.shape[0] == 0:
         return (hidden.sum() + weight.sum()) * 0.0
     mask = -1 if mask_token_id is None else int(mask_token_id)
-    return _WeightedCE.apply(hidden, weight, targets, row_weights, mask, int(chunk), _compute_dtype(hidden))
+    focal = None if focal is None else (float(focal[0]), float(focal[1]))
+    return _WeightedCE.apply(hidden, weight, targets, row_weights, mask, int(chunk), _compute_dtype(hidden), focal)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from ..errors import ConfigError, InputError, check_choice
 from ..model.masks import build_mask
 from .base import DiffusionConfig, LossOutput, NoiseProcess, ReverseProcess, StepContext, StepResult, rand
 from .base import register_process
-from .fused_ce import chunked_cross_entropy, weighted_cross_entropy
+from .fused_ce import chunked_cross_entropy, token_reweight, weighted_cross_entropy
 from .policies import StepInputs, get_policy, top_k_top_p_filter
 
 
@@ -117,14 +117,16 @@ class MaskedDiffusion(NoiseProcess):
     def weighted_masked_ce(self, model, xt, x0, masked, row_weight, attention_mask=None) -> tuple[torch.Tensor, int]:
         """sum over masked positions of weight * CE, and the number of masked positions; `row_weight` is (B,) per
         row or (B, L) per position. With a dlm Transformer the head and the cross-entropy run fused, chunk by
-        chunk (no (M, V) logits)."""
+        chunk (no (M, V) logits). With diffusion.token_reweighting each CE is MGDM's focal reweighting of it."""
         weight = getattr(model, "head_weight", None)
         rows = masked.nonzero()[:, 0]
         w = row_weight[masked] if row_weight.dim() == 2 else row_weight[rows]
+        focal = self.config.token_reweighting
         if weight is not None and self.fused:
             h = self._masked_hidden(model, xt, x0, masked, attention_mask)
-            return weighted_cross_entropy(h, weight, x0[masked], w, self.mask_token_id), int(rows.numel())
+            return weighted_cross_entropy(h, weight, x0[masked], w, self.mask_token_id, focal=focal), int(rows.numel())
         ce, _ = self.masked_ce(model, xt, x0, masked, attention_mask)
+        ce = token_reweight(ce, *focal) if focal is not None else ce
         return (ce * w).sum(), int(rows.numel())
 
     # ---- losses -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .base import LossOutput, NoiseProcess, ReverseProcess, StepContext, StepResult, rand, register_process
 from .masked import align_logits
 from .policies import top_k_top_p_filter
@@ -102,6 +102,8 @@ class UniformDiffusion(NoiseProcess):
     def __init__(self, config, mask_token_id=None, *, shift_logits: bool = False, vocab_size: int = 0):
         if vocab_size < 2:
             raise InputError("model.vocab_size", f"uniform diffusion needs the vocabulary size; got {vocab_size}")
+        if config.token_reweighting is not None:
+            raise ConfigError("diffusion.token_reweighting", "reweights masked-token CE; the uniform process has none")
         super().__init__(config, vocab_size=vocab_size, mask_token_id=mask_token_id, shift_logits=shift_logits)
 
     def reverse(self, config) -> "UniformReverse":

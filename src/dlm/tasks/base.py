@@ -11,9 +11,11 @@ the first n of a split are stable whatever n is.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import InputError
 
@@ -81,6 +83,32 @@ class Task(ABC):
             if self.split(ex) == split and ex.prompt not in seen:
                 seen.add(ex.prompt)
                 out.append(ex)
+        return out
+
+    def example_from_record(self, record: dict, index: int, where: str) -> Example:
+        """One example read from a user's file (see load_examples); tasks that accept outside data override it."""
+        raise InputError("--data", f"the {self.name} task does not read examples from a file")
+
+    def load_examples(self, path: str | Path, limit: int | None = None) -> list[Example]:
+        """Examples from a JSONL file in the task's record format (blank lines skipped), the first `limit` of
+        them; errors name the file, the line and the field."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError("--data", f"{path} does not exist or is not a file")
+        out = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if limit is not None and len(out) >= limit:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as e:
+                    raise InputError(f"{path} line {n}", f"not JSON ({e})") from None
+                out.append(self.example_from_record(record, n, f"{path} line {n}"))
+        if not out:
+            raise InputError("--data", f"{path} holds no examples")
         return out
 
     def training_extras(self) -> list[Example]:

@@ -6,7 +6,11 @@ random validity-preserving transformation (digit relabelling, row/column swaps i
 and stack swaps, transposition), which keeps it unique-solution with the same number of givens. The split
 key is the base puzzle: variants of one base are all train or all test.
 
-Text format: 9 lines of 9 space-separated digits, 0 for an empty cell (prompt); the same for the solution.
+Text layouts (`layout`): "cells" (the default) writes a grid as its 81 digits in reading order, 0 for an
+empty cell, so that a character-level tokenizer gives one token per cell and every prompt and answer has the
+same length; "grid" writes 9 lines of 9 space-separated digits (the layout before cells; the same puzzles).
+Puzzles from elsewhere load with `Sudoku.load_examples(path)`: JSONL, one {"puzzle": 81 characters with "0" for
+a blank, "solution": 81 characters} per line.
 """
 
 from __future__ import annotations
@@ -91,7 +95,12 @@ def is_solution(puzzle: list[int], sol: list[int]) -> bool:
     return all(sorted(sol[i] for i in u) == list(range(1, 10)) for u in units)
 
 
-def to_text(grid: list[int]) -> str:
+LAYOUTS = ("cells", "grid")
+
+
+def to_text(grid: list[int], layout: str = "cells") -> str:
+    if layout == "cells":
+        return "".join(str(v) for v in grid)
     return "\n".join(" ".join(str(v) for v in grid[r * 9 : r * 9 + 9]) for r in range(9))
 
 
@@ -138,10 +147,12 @@ def transform(grid: list[int], rng: random.Random) -> tuple[list[int], callable]
 class Sudoku(Task):
     name = "sudoku"
 
-    def __init__(self, givens: int = 36, variants: int = 1):
+    def __init__(self, givens: int = 36, variants: int = 1, layout: str = "cells"):
         if not 17 <= givens <= 80:
             raise InputError("givens", f"got {givens}; allowed: 17..80 (fewer givens = harder)")
-        self.givens, self.variants = givens, variants
+        if layout not in LAYOUTS:
+            raise InputError("layout", f"got {layout!r}; allowed: {', '.join(LAYOUTS)}")
+        self.givens, self.variants, self.layout = givens, variants, layout
 
     def config_id(self) -> str:
         return f"givens={self.givens}"
@@ -151,10 +162,31 @@ class Sudoku(Task):
         puzzle, sol = base_puzzle(self.givens, base)
         p, apply = transform(list(puzzle), rng)
         s = apply(list(sol))
-        return Example(self.name, index, to_text(p), to_text(s), {"base": base, "givens": sum(v > 0 for v in p)})
+        meta = {"base": base, "givens": sum(v > 0 for v in p)}
+        return Example(self.name, index, to_text(p, self.layout), to_text(s, self.layout), meta)
 
     def split_key(self, ex):
         return f"base:{ex.meta['base']}"
+
+    def example_from_record(self, record: dict, index: int, where: str) -> Example:
+        """An external puzzle {"puzzle": 81 characters, "0" for a blank; "solution": 81 characters} as an
+        Example in this task's layout; `where` (e.g. "FILE line 3") names it in errors."""
+        grids = []
+        for key, blank_ok in (("puzzle", True), ("solution", False)):
+            v = record.get(key) if isinstance(record, dict) else None
+            allowed = "0123456789" if blank_ok else "123456789"
+            if not isinstance(v, str) or len(v) != 81 or any(ch not in allowed for ch in v):
+                raise InputError(
+                    f"{where}: {key}", f"got {v!r:.100}; must be a string of 81 characters from {allowed!r}"
+                    + (' ("0" for a blank)' if blank_ok else "")
+                )
+            grids.append([int(ch) for ch in v])
+        puzzle, sol = grids
+        if not is_solution(puzzle, sol):
+            raise InputError(f"{where}: solution", "is not a solution of the puzzle (a unit repeats a digit, "
+                             "or a given is changed)")  # fmt: skip
+        meta = {"base": None, "givens": sum(v > 0 for v in puzzle)}
+        return Example(self.name, index, to_text(puzzle, self.layout), to_text(sol, self.layout), meta)
 
     def verify(self, ex, output):
         return is_solution(parse(ex.prompt), parse(output))
