@@ -10,7 +10,7 @@ DLM=${DLM:-.venv/bin/dlm}
 N_TEST=${N_TEST:-200}
 N_SUDOKU=${N_SUDOKU:-100}   # a diffusion Sudoku answer costs 96 forwards of a 192-token canvas
 export HF_HUB_OFFLINE=1
-declare -A TRAIN_N=([sudoku]=20000 [countdown]=50000 [arithmetic]=100000 [facts]=700)
+declare -A TRAIN_N=([sudoku]=100000 [countdown]=50000 [arithmetic]=100000 [facts]=700)
 mkdir -p runs/tasks/eval
 for task in "${@:-sudoku countdown arithmetic facts}"; do
   for t in $task; do

@@ -8,10 +8,46 @@ import pytest
 from dlm.eval import claims
 
 
-def test_two_proportion_p():
-    assert claims.two_proportion_p(50, 100, 50, 100) == pytest.approx(1.0)
-    assert claims.two_proportion_p(60, 100, 40, 100) == pytest.approx(0.0047, abs=2e-4)  # z = 2.83
-    assert claims.two_proportion_p(0, 0, 1, 2) == 1.0
+def test_exact_tests_on_known_counts():
+    # Fisher, 1/10 vs 9/10: P(X <= 1) for Hypergeometric(20, 10, 10) = (1 + 100) / C(20, 10), doubled by symmetry
+    assert claims.fisher_p(1, 10, 9, 10) == pytest.approx(2 * 101 / 184756, rel=1e-6)
+    assert claims.fisher_p(5, 10, 5, 10) == pytest.approx(1.0) and claims.fisher_p(0, 0, 1, 2) == 1.0
+    # McNemar exact: 8 pairs only x right, 2 only y right -> 2 * P(Binomial(10, 1/2) <= 2) = 2 * 56 / 1024
+    x = [1] * 8 + [0] * 2 + [1] * 5 + [0] * 5
+    y = [0] * 8 + [1] * 2 + [1] * 5 + [0] * 5
+    assert claims.mcnemar(x, y) == {"only_x": 8, "only_y": 2, "p": pytest.approx(112 / 1024)}
+    assert claims.mcnemar([1, 0], [1, 0])["p"] == 1.0
+    lo, hi = claims.interval(0, 10)  # Clopper-Pearson: upper = 1 - 0.025^(1/10)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** 0.1, rel=1e-6)
+    # the same counts, paired or not: compare() picks McNemar only when both kept the same items
+    a = {"n": 20, "accuracy": 13 / 20, "items": [{"id": i, "correct": v} for i, v in enumerate(x)]}
+    b = {"n": 20, "accuracy": 7 / 20, "items": [{"id": i, "correct": v} for i, v in enumerate(y)]}
+    assert claims.compare(a, b)["test"] == "McNemar exact" and claims.compare(a, b)["k"] == (13, 7)
+    b_other = {**b, "items": [{"id": i + 100, "correct": v} for i, v in enumerate(y)]}
+    assert claims.compare(a, b_other)["test"] == "Fisher exact"
+    assert claims.compare(a, b_other)["p"] == pytest.approx(claims.fisher_p(13, 20, 7, 20))
+
+
+def _facts_items(halluc: int, known_right: int, n: int = 200) -> list[dict]:
+    """n items, the first half about known people: `known_right` of them right, then `halluc` hallucinations
+    (on unknown people first), the rest abstentions."""
+    items = []
+    for i in range(n):
+        known = i < n // 2
+        right = known and i < known_right
+        items.append({"id": i, "known": known, "correct": right, "hallucinated": False, "abstained": not right})
+    for it in [it for it in items if not it["known"]] + [it for it in items if it["known"] and not it["correct"]]:
+        if halluc == 0:
+            break
+        it["hallucinated"], it["abstained"], halluc = True, False, halluc - 1
+    return items
+
+
+def _facts_row(items, nfe):
+    n = len(items)
+    rate = lambda k: sum(it[k] for it in items) / n  # noqa: E731
+    return {"n": n, "nfe_mean": nfe, "items": items, "accuracy": rate("correct"), "hallucinated": rate("hallucinated"),
+            "abstained": rate("abstained")}  # fmt: skip
 
 
 def _bench_rows(diff_tok_s, ar_tok_s, score=0.1):
@@ -20,7 +56,8 @@ def _bench_rows(diff_tok_s, ar_tok_s, score=0.1):
     return rows + [{"batch": 1, "method": "ar", "tok_s": ar_tok_s, "tpf": 1, "task_score": score, "agreement": None}]
 
 
-def _measurements(*, diff_tok_s=100.0, ar_tok_s=300.0, hall=(0.1, 0.4), distinct=(0.6, 0.5), infill=(0.6, 0.3)):
+def _measurements(*, diff_tok_s=100.0, ar_tok_s=300.0, hall=(0.1, 0.4), known=(50, 50), distinct=(0.6, 0.5),
+                  infill=(0.6, 0.3)):  # fmt: skip
     q = [{"model": m, "temperature": 1.0, "gen_ppl": 20.0, "distinct_2": d, "self_bleu": 10.0,
           "joules_per_token": j, "cpu_seconds_per_token": j / 7.5, "joules_source": "assumed"}
          for m, d, j in (("diffusion", distinct[0], 0.5), ("ar", distinct[1], 0.1))]  # fmt: skip
@@ -28,9 +65,8 @@ def _measurements(*, diff_tok_s=100.0, ar_tok_s=300.0, hall=(0.1, 0.4), distinct
         "diffusion": [{"accuracy": acc_d, "n": 200, "nfe_mean": 32.0, **kw}],
         "ar": [{"accuracy": acc_a, "n": 200, "nfe_mean": 96.0, **kw}],
     }
-    facts = task(0.5, 0.3)
-    facts["diffusion"][0].update(hallucinated=hall[0], abstained=0.4)
-    facts["ar"][0].update(hallucinated=hall[1], abstained=0.3)
+    facts = {"diffusion": [_facts_row(_facts_items(round(hall[0] * 200), known[0]), 8.0)],
+             "ar": [_facts_row(_facts_items(round(hall[1] * 200), known[1]), 3.0)]}  # fmt: skip
     return {
         "quick": False, "seconds": 60.0, "conditions": {"x": "y"},
         "machine": {"date": "2026-11-22", "cpu": "cpu", "cores": 2, "torch": "2"},
@@ -45,18 +81,38 @@ def _measurements(*, diff_tok_s=100.0, ar_tok_s=300.0, hall=(0.1, 0.4), distinct
 def test_verdicts_follow_the_stated_rules():
     v = {r["claim"]: r["verdict"] for r in claims.verdicts(_measurements())}
     assert v[1] == "refuted"  # AR twin faster
-    assert v[2] == "confirmed"  # 75 % fewer hallucinations, significant
+    assert v[2] == "confirmed"  # 75 % fewer hallucinations, significant, as many right on known people
     assert v[3] == "confirmed"  # +20 % distinct-2 at equal perplexity
     assert v[4] == "refuted"  # more joules per token
-    assert v[5] == "confirmed"  # 2x fills that parse, significant
+    assert v[5] == "not compared"  # diffusion saw the suffix, the AR twin did not
     assert v[6] == "inconclusive"  # sudoku won, arithmetic lost
     assert v[7] == "inconclusive"  # 5 % vs 4 %
     assert v[8] == v[9] == "not measured"
-    v = {r["claim"]: r["verdict"] for r in claims.verdicts(_measurements(diff_tok_s=900, hall=(0.35, 0.4),
-                                                                          infill=(0.45, 0.3)))}  # fmt: skip
-    assert v[1] == "confirmed" and v[2] == "inconclusive" and v[5] == "partly confirmed"
-    m = _measurements(hall=(0.5, 0.2))
-    assert {r["claim"]: r["verdict"] for r in claims.verdicts(m)}[2] == "refuted"
+    v = {r["claim"]: r["verdict"] for r in claims.verdicts(_measurements(diff_tok_s=900, hall=(0.39, 0.4)))}
+    assert v[1] == "confirmed" and v[2] == "inconclusive"
+    assert {r["claim"]: r["verdict"] for r in claims.verdicts(_measurements(hall=(0.5, 0.2)))}[2] == "refuted"
+    # fewer hallucinations bought by abstaining on known people: refuted when the drop is significant
+    rows = claims.verdicts(_measurements(known=(20, 60)))
+    two = next(r for r in rows if r["claim"] == 2)
+    assert two["verdict"] == "refuted" and "abstains rather than knows" in two["why"]
+    assert "right on known people 20/100" in two["measured"] and "McNemar exact" in two["measured"]
+    assert next(r for r in claims.verdicts(_measurements(known=(48, 50))) if r["claim"] == 2)["verdict"] == (
+        "inconclusive"
+    )  # fewer right on known people, not significantly
+    assert next(r for r in claims.verdicts(_measurements(hall=(0.3, 0.4))) if r["claim"] == 2)["verdict"] == (
+        "partly confirmed"
+    )  # 25 % fewer (paired p < 0.05), accuracy on known people held
+
+
+def test_the_preregistered_setting_decides_not_the_best(tmp_path):
+    m = _measurements()
+    sud = m["tasks"]["sudoku"]
+    sud["diffusion"] = [{"accuracy": 0.9, "n": 200, "nfe_mean": 90.0}, {**sud["diffusion"][0], "accuracy": 0.2,
+                                                                         "preregistered": True}]  # fmt: skip
+    six = next(r for r in claims.verdicts(m) if r["claim"] == 6)
+    assert "sudoku 40/200 (20%" in six["measured"]  # the pre-registered row, not the best (90 %)
+    text = claims.write_report(m, tmp_path).read_text()
+    assert "| sudoku | diffusion ≈ | 90.0 | 90.0% |" in text and "| sudoku | diffusion ✔ | 32.0 | 20.0% |" in text
 
 
 def test_missing_task_twins_are_not_measured_and_the_report_is_written(tmp_path):
@@ -84,9 +140,40 @@ def test_report_has_the_task_table_and_explains_a_missed_sudoku_target(tmp_path)
                       "loss_curve": [{"until_step": 500 * (i + 1), "loss": 0.2} for i in range(6)]},
     }  # fmt: skip
     text = claims.write_report(m, tmp_path).read_text()
-    assert "| sudoku | diffusion | 32.0 | 0.0% | cell_accuracy 15.0% | 200 |" in text
+    assert "| sudoku | diffusion ✔ ≈ | 32.0 | 0.0% | 0%–2% | cell_accuracy 15.0% | 200 |" in text
     assert "Not met: the diffusion model solves 0% of 200 test puzzles" in text
     assert "1.500; still falling at the end" in text and "0.200; flattening at the end" in text
     assert "4.8 epochs of 20,000" in text and "62× our number of epochs" in text
     m["tasks"]["sudoku"]["diffusion"][0]["accuracy"] = 0.97
     assert "Met: the diffusion model solves 97%" in claims.write_report(m, tmp_path).read_text()
+
+
+def test_cached_evaluations_are_keyed_on_weights_instances_and_settings(tmp_path, monkeypatch):
+    from dlm import tasks
+    from dlm.eval.claims import measuring
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights-1")
+    task = tasks.get_task("arithmetic")
+    exs = task.examples("test", 3)
+    calls = []
+
+    def fake_evaluate(lm, task, exs, **settings):
+        calls.append(settings)
+        return {"task": task.name, "n": len(exs), "accuracy": 0.5, "examples": []}
+
+    monkeypatch.setattr(tasks, "evaluate", fake_evaluate)
+    cache = tmp_path / "eval" / "x.json"
+    first = measuring._cached_eval(folder, None, task, exs, cache, {"steps": 8})
+    assert len(calls) == 1 and first["cache_key"]["settings"] == {"steps": 8}
+    measuring._cached_eval(folder, None, task, exs, cache, {"steps": 8})
+    assert len(calls) == 1  # same weights, instances and settings: reused
+    measuring._cached_eval(folder, None, task, exs, cache, {"steps": 4})
+    assert len(calls) == 2  # a setting changed
+    measuring._cached_eval(folder, None, task, exs, cache, {"steps": 4})
+    (folder / "model.safetensors").write_bytes(b"weights-2")  # retrained: same count of examples, new weights
+    measuring._cached_eval(folder, None, task, exs, cache, {"steps": 4})
+    assert len(calls) == 3
+    measuring._cached_eval(folder, None, task, task.examples("test", 3, start=500), cache, {"steps": 4})
+    assert len(calls) == 4  # other instances, same n

@@ -73,7 +73,8 @@ def evaluate(lm, task: Task, examples: list[Example], *, batch_size: int = 8, ke
     """Answer every example through the model's chat template and score it with the task's verifier.
 
     Returns accuracy, the mean of every other score field (e.g. hallucinated), mean NFE, tokens generated,
-    wall seconds, and the first `keep` examples. `overrides` are generation settings (gen_length defaults to
+    wall seconds, every item's scores (`items`: its id, the example's index, and the score fields, for paired
+    tests) and the first `keep` examples in full. `overrides` are generation settings (gen_length defaults to
     the longest answer rounded up to the block length)."""
     if not examples:
         raise InputError("examples", "no examples to evaluate")
@@ -100,7 +101,9 @@ def evaluate(lm, task: Task, examples: list[Example], *, batch_size: int = 8, ke
     for k in rows[0]:
         if k not in ("prompt", "answer", "output", "correct") and isinstance(rows[0][k], (bool, int, float)):
             out[k] = sum(float(r[k]) for r in rows) / n
-    out.update(nfe_mean=sum(nfe) / n, tokens=tokens, seconds=seconds, gen_length=cfg.gen_length,
+    items = [{"id": ex.index, **{k: v for k, v in r.items() if k not in ("prompt", "answer", "output")}}
+             for ex, r in zip(examples, rows)]  # fmt: skip
+    out.update(nfe_mean=sum(nfe) / n, tokens=tokens, seconds=seconds, gen_length=cfg.gen_length, items=items,
                examples=rows[:keep])  # fmt: skip
     return out
 

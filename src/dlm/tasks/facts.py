@@ -133,7 +133,8 @@ class Facts(Task):
         got = _norm(output)
         right = got == _norm(ex.answer)
         abstained = got == UNKNOWN
-        return {"correct": right, "abstained": abstained, "hallucinated": not right and not abstained}
+        return {"correct": right, "abstained": abstained, "hallucinated": not right and not abstained,
+                "known": bool(ex.meta["known"])}  # fmt: skip
 
 
 def _norm(text: str) -> str:

@@ -17,15 +17,18 @@ without re-measuring), with the verdicts of rules.py and the plots of plots.py. 
 | 8 edge | not measured: dlm has no quantised/ONNX export | |
 | 9 multimodal | not measured: text only | |
 
-Verdicts follow fixed rules (`verdicts()`), stated in the report: a difference counts only when a
-two-proportion z-test (stats.py) gives p < 0.05 (rates) or the ratio clears the claim's own figure.
+Verdicts follow fixed rules (`verdicts()`), stated in the report: one diffusion setting per claim, fixed before
+any result (the others are shown beside it, with the compute-matched one); a rate difference counts only when an
+exact test (stats.py: McNemar on the same items, Fisher otherwise) gives p < 0.05. Evaluations are cached under
+the checkpoint's content hash, the task's instances and the settings (measuring.cache_key).
 """
 
-from .measuring import TASK_N, TASKS, measure
+from .measuring import TASK_N, TASKS, cache_key, measure
 from .report import ANCHOR_RECIPE, write_report
 from .rules import CLAIMS, verdicts
-from .stats import rates_p, two_proportion_p
+from .stats import compare, fisher_p, interval, mcnemar
 
 __all__ = [
-    "ANCHOR_RECIPE", "CLAIMS", "TASKS", "TASK_N", "measure", "rates_p", "two_proportion_p", "verdicts", "write_report",
+    "ANCHOR_RECIPE", "CLAIMS", "TASKS", "TASK_N", "cache_key", "compare", "fisher_p", "interval", "mcnemar",
+    "measure", "verdicts", "write_report",
 ]  # fmt: skip

@@ -3,6 +3,7 @@ training curves; `measure()` writes them all to measurements.json."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -45,27 +46,124 @@ def _infill(diff, ar, tasks) -> dict:
     return out
 
 
-TASK_N = {"sudoku": 100}  # a diffusion Sudoku answer costs 96 forwards of a 192-token canvas
+TASK_N = {"sudoku": 100}  # a diffusion Sudoku answer costs 82 forwards of a 170-token canvas
+# Task twins that ship as built-in models: used when tasks_root holds no run of that task.
+BUILTIN_TWINS = {"sudoku": {"diffusion": "builtin-sudoku", "ar": "builtin-sudoku-ar"}}
 
 
-def _cached_eval(lm, task, exs, cache: Path, steps: int | None) -> dict:
-    """evaluate(), or the result saved at `cache` by an earlier run on the same examples (the head-to-head
-    script writes runs/tasks/eval/<task>-<objective>.json with the default settings)."""
+def weights_digest(folder: Path) -> str:
+    """sha256 of a model folder's weight files (model*.safetensors, adapter_model.safetensors), in name order."""
+    h = hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors weights in {folder}")
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(folder: Path, task, exs, settings: dict) -> dict:
+    """What an evaluation's result depends on: the checkpoint's content, the task and its instances, the
+    generation settings (so a retrained model or a changed setting is measured again)."""
+    prompts = hashlib.sha256("\n".join(e.prompt for e in exs).encode()).hexdigest()
+    return {"weights": weights_digest(folder), "task": task.name, "config": task.config_id(), "n": len(exs),
+            "examples": prompts, "settings": settings}  # fmt: skip
+
+
+def _cached_eval(folder: Path, lm, task, exs, cache: Path, settings: dict) -> dict:
+    """evaluate(), or the result an earlier run saved at `cache` under the same cache_key."""
     from ...tasks import evaluate
 
+    key = cache_key(folder, task, exs, settings)
     if cache.is_file():
         try:
             r = json.loads(cache.read_text())
-            if r.get("n") == len(exs) and (steps is None or r.get("nfe_mean", 0) <= steps + 1e-9):
+            if r.get("cache_key") == key:
                 return _strip(r)
         except (OSError, ValueError):
             pass
-    r = evaluate(lm, task, exs, **({"steps": steps} if steps else {}))
+    r = {**evaluate(lm, task, exs, **settings), "cache_key": key}
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(r))
     tmp.replace(cache)
     return _strip(r)
+
+
+def twin_folders(root: Path, name: str) -> dict[str, Path] | None:
+    """The diffusion model and its AR twin for task `name`: root/<name>-<objective>/final when both were trained
+    there, else the built-in pair when one ships, else None."""
+    from ...builtin import builtin_path
+
+    runs = {obj: root / f"{name}-{obj}" / "final" for obj in ("diffusion", "ar")}
+    if all((p / "config.json").is_file() for p in runs.values()):
+        return runs
+    if name in BUILTIN_TWINS:
+        return {obj: builtin_path(b) for obj, b in BUILTIN_TWINS[name].items()}
+    return None
+
+
+def _describe(lm, folder: Path) -> dict:
+    """A model's size and training as its own files record them (a shipped model's training_summary.json, or the
+    run's metrics.jsonl beside its final/ folder)."""
+    c = lm.model.config
+    out = {"folder": str(folder), "parameters": sum(p.numel() for p in lm.model.parameters()),
+           "network": f"{c.n_layers} layers × {c.d_model}, {c.attention} attention, vocabulary {c.vocab_size}"}  # fmt: skip
+    run = run_record(folder)
+    if run:
+        out.update({k: run[k] for k in ("steps", "tokens", "step_seconds") if run.get(k) is not None})
+    return out
+
+
+def _metrics(path: Path) -> list[dict]:
+    by_step = {}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        by_step[rec["step"]] = rec
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def loss_curve(recs: list[dict], windows: int = 6) -> list[dict]:
+    """The mean training loss in `windows` equal spans of a run's metrics records."""
+    last = recs[-1]["step"]
+    span = max(1, last // windows)
+    curve = []
+    for w in range(windows):
+        losses = [r["loss"] for r in recs if w * span < r["step"] <= (w + 1) * span]
+        if losses:
+            curve.append({"until_step": (w + 1) * span, "loss": sum(losses) / len(losses)})
+    return curve
+
+
+def run_record(folder: Path) -> dict | None:
+    """Steps, tokens, loss curve, examples seen and training set size of the run that made the model in
+    `folder`: from its run directory (folder = RUN/final) or a shipped model's training_summary.json."""
+    summary = folder / "training_summary.json"
+    if summary.is_file():
+        t = json.loads(summary.read_text())
+        keys = ("steps", "tokens", "step_seconds", "loss_curve", "examples_seen", "train_examples")
+        return {k: t[k] for k in keys if k in t}
+    run_dir = folder.parent
+    if not (run_dir / "metrics.jsonl").is_file():
+        return None
+    recs = _metrics(run_dir / "metrics.jsonl")
+    if not recs:
+        return None
+    run = {"steps": recs[-1]["step"], "tokens": recs[-1].get("tokens"), "loss_curve": loss_curve(recs)}
+    try:
+        rc = json.loads((run_dir / "run_config.json").read_text())
+        meta = json.loads((run_dir / "data" / "meta.json").read_text())
+        run["examples_seen"] = run["steps"] * rc["train"]["batch_size"] * rc["train"]["grad_accum"]
+        run["train_examples"] = meta["train"]["docs"]
+    except (OSError, ValueError, KeyError):
+        pass
+    return run
 
 
 def _tasks(root: Path, n: int, log) -> dict:
@@ -75,65 +173,41 @@ def _tasks(root: Path, n: int, log) -> dict:
 
     out = {}
     for name in TASKS:
-        runs = {obj: root / f"{name}-{obj}" / "final" for obj in ("diffusion", "ar")}
-        if not all((p / "model.safetensors").is_file() for p in runs.values()):
-            out[name] = {"missing": [str(p) for p in runs.values() if not (p / "model.safetensors").is_file()]}
+        runs = twin_folders(root, name)
+        if runs is None:
+            out[name] = {"missing": [str(root / f"{name}-{obj}" / "final") for obj in ("diffusion", "ar")]}
             continue
         task = get_task(name)
         exs = task.examples("test", min(n, TASK_N.get(name, n)))
-        res = {}
+        res = {"models": {}}
         for obj, path in runs.items():
             lm = dlm.load(str(path))
+            res["models"][obj] = _describe(lm, path)
             log(f"task {name}: {obj}")
             default = root / "eval" / f"{name}-{obj}.json"
             if obj == "ar":
-                res[obj] = [_cached_eval(lm, task, exs, default, None)]
-            else:  # accuracy against NFE: fewer steps than tokens = several tokens per forward
+                res[obj] = [_cached_eval(path, lm, task, exs, default, {})]
+            else:  # accuracy against NFE; the pre-registered setting is the last row: one token per forward
                 block = lm.generation_config.block_length or 32
                 g = answer_length(lm, exs, block)
-                full = _cached_eval(lm, task, exs, default, g)
-                fewer = [max(1, g // 4), max(1, g // 2)] if full["accuracy"] > 0 else []  # nothing to trade at 0 %
+                full = _cached_eval(path, lm, task, exs, default, {"steps": g})
+                fewer = [max(1, g // 4), max(1, g // 2)]
                 res[obj] = [
-                    _cached_eval(lm, task, exs, root / "eval" / f"{name}-{obj}-steps{s}.json", s)
+                    _cached_eval(path, lm, task, exs, root / "eval" / f"{name}-{obj}-steps{s}.json", {"steps": s})
                     for s in sorted(set(fewer) - {g})
-                ] + [full]
+                ] + [{**full, "preregistered": True}]
         out[name] = res
     return out
 
 
-def _training_curves(root: Path, windows: int = 6) -> dict:
-    """Per task twin: steps, tokens seen and the mean training loss in `windows` equal spans of the run
-    (from its metrics.jsonl), to show whether a model had stopped learning."""
+def _training_curves(root: Path) -> dict:
+    """Per task twin (see twin_folders): its run_record, to show whether a model had stopped learning."""
     out = {}
     for name in TASKS:
-        for obj in ("diffusion", "ar"):
-            path = root / f"{name}-{obj}" / "metrics.jsonl"
-            if not path.is_file():
-                continue
-            recs = []
-            for line in path.read_text().splitlines():
-                try:
-                    recs.append(json.loads(line))
-                except ValueError:
-                    continue
-            if not recs:
-                continue
-            last = recs[-1]["step"]
-            span = max(1, last // windows)
-            curve = []
-            for w in range(windows):
-                losses = [r["loss"] for r in recs if w * span < r["step"] <= (w + 1) * span]
-                if losses:
-                    curve.append({"until_step": (w + 1) * span, "loss": sum(losses) / len(losses)})
-            run = {"steps": last, "tokens": recs[-1].get("tokens"), "loss_curve": curve}
-            try:
-                rc = json.loads((root / f"{name}-{obj}" / "run_config.json").read_text())
-                meta = json.loads((root / f"{name}-{obj}" / "data" / "meta.json").read_text())
-                run["examples_seen"] = last * rc["train"]["batch_size"] * rc["train"]["grad_accum"]
-                run["train_examples"] = meta["train"]["docs"]
-            except (OSError, ValueError, KeyError):
-                pass
-            out[f"{name}-{obj}"] = run
+        for obj, folder in (twin_folders(root, name) or {}).items():
+            run = run_record(folder)
+            if run and run.get("loss_curve"):
+                out[f"{name}-{obj}"] = run
     return out
 
 
@@ -147,6 +221,7 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
     import dlm
 
     from .. import code
+    from ...builtin import resolve_model_path
     from ..quality import load_scorer
     from ...training.data import expand_sources, iter_documents
 
@@ -172,8 +247,8 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
     m["tasks"] = _tasks(Path(tasks_root), 10 if quick else 200, log)
     m["training"] = _training_curves(Path(tasks_root))
     m["conditions"] = {
-        "builtin": "9.88M parameters, 32.8M tokens of Python stdlib + docs, 2-core CPU (docs/models.md)",
-        "task_twins": "6 layers × 256, SFT from scratch per task, same budget per twin (examples/configs/tasks/)",
+        "builtin": _describe(diff, resolve_model_path("builtin")),
+        "builtin-ar": _describe(ar, resolve_model_path("builtin-ar")),
         "scorer": scorer,
     }
     m["seconds"] = time.perf_counter() - t0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .stats import rates_p
+from .stats import compare, fisher_p
 
 CLAIMS = {
     1: ("Faster inference than AR (parallel decoding)", "up to 2.5× faster; thousands of tokens/s"),
@@ -29,6 +29,85 @@ def _matched_diversity(q: list[dict]) -> dict | None:
     return {"diffusion": x, "ar": y}
 
 
+def preregistered(rows: list[dict]) -> dict:
+    """The diffusion setting fixed before any result: the row marked so (one token per forward), else the last."""
+    return next((r for r in rows if r.get("preregistered")), rows[-1])
+
+
+def matched_nfe(rows: list[dict], ar: dict) -> dict:
+    """The diffusion row whose forwards per answer are closest to the AR twin's (the compute-matched row)."""
+    return min(rows, key=lambda r: abs(math.log(max(r["nfe_mean"], 1e-9) / max(ar["nfe_mean"], 1e-9))))
+
+
+def _subset(r: dict, known: bool) -> dict:
+    items = [it for it in r["items"] if bool(it.get("known")) == known]
+    return {"n": len(items), "items": items, "accuracy": sum(it["correct"] for it in items) / max(len(items), 1)}
+
+
+def _fmt(c: dict, what: str = "") -> str:
+    (kd, ka), (nd, na) = c["k"], c["n"]
+    (ld, hd), (la, ha) = c["ci"]
+    return (f"{what}{kd}/{nd} ({kd / max(nd, 1):.0%}, 95 % CI {ld:.0%}–{hd:.0%}) vs {ka}/{na} ({ka / max(na, 1):.0%}, "
+            f"{la:.0%}–{ha:.0%}), {c['test']} p = {c['p']:.3g}")  # fmt: skip
+
+
+def _speed(m: dict, add) -> None:
+    rows_b = [r for r in m["bench"]["rows"] if r["batch"] == 1]
+    ar = next((r for r in rows_b if r["method"] == "ar"), None)
+    pre = next((r for r in rows_b if r["method"] == "block"), None) or next(
+        (r for r in rows_b if r["method"] == "+both"), None
+    )
+    if ar is None or pre is None:
+        add(1, "not measured", "not measured", "the bench ran without the AR twin or a parallel diffusion method")
+        return
+    ratio = pre["tok_s"] / ar["tok_s"]
+    qd, qa = pre.get("task_score"), ar.get("task_score")
+    quality = f"; task score {qd:.0%} vs {qa:.0%}" if qd is not None and qa is not None else ""
+    others = ", ".join(f"{r['method']} {r['tok_s']:.0f}" for r in rows_b if r not in (pre, ar))
+    measured = (f"{pre['method']} {pre['tok_s']:.0f} tok/s (TPF {pre['tpf']:.2f}) vs AR twin {ar['tok_s']:.0f} tok/s: "
+                f"{ratio:.2f}×{quality} (batch 1; other methods, tok/s: {others or 'none'})")  # fmt: skip
+    if ratio < 1:
+        verdict, why = "refuted", f"the AR twin with its KV cache is {1 / ratio:.2f}× faster at batch 1"
+    elif qd is not None and qa is not None and qd < qa:
+        verdict, why = "partly confirmed", "faster, at a lower task score"
+    else:
+        verdict, why = "confirmed", "faster at the AR twin's task score or better"
+    add(1, measured, verdict, why + f"; pre-registered method: {pre['method']}")
+
+
+def _hallucination(m: dict, add) -> None:
+    f = m["tasks"].get("facts", {})
+    if "diffusion" not in f:
+        add(2, "not measured", "not measured", f"facts twins not trained: {f.get('missing')}")
+        return
+    d, a = preregistered(f["diffusion"]), f["ar"][0]
+    h = compare(d, a, "hallucinated")
+    red = 1 - h["rate"][0] / h["rate"][1] if h["rate"][1] else float("nan")
+    measured = _fmt(h, "hallucinated ") + f" ({red:+.0%} reduction)"
+    known_fell = None
+    if d.get("items") and a.get("items") and any(it.get("known") for it in d["items"]):
+        k = compare(_subset(d, True), _subset(a, True))
+        measured += "; right on known people " + _fmt(k)
+        known_fell = (k["rate"][0] < k["rate"][1], k["p"] < 0.05)
+    mt = matched_nfe(f["diffusion"], a)
+    if mt is not d:
+        measured += (f"; at matched forwards ({mt['nfe_mean']:.1f} vs {a['nfe_mean']:.1f} NFE) hallucinated "
+                     f"{mt['hallucinated']:.0%}")  # fmt: skip
+    if h["p"] >= 0.05:
+        verdict, why = "inconclusive", "no significant difference in hallucinations"
+    elif h["rate"][0] > h["rate"][1]:
+        verdict, why = "refuted", "the diffusion model hallucinates more"
+    elif known_fell is None:
+        verdict, why = "inconclusive", "fewer hallucinations, but accuracy on known people was not recorded"
+    elif known_fell[0]:
+        verdict = "refuted" if known_fell[1] else "inconclusive"
+        why = "fewer hallucinations, but fewer right answers on known people: it abstains rather than knows"
+    else:
+        verdict = "confirmed" if red >= 0.4 else "partly confirmed"
+        why = "fewer hallucinations without losing accuracy on known people"
+    add(2, measured, verdict, why + "; facts task, pre-registered setting")
+
+
 def verdicts(m: dict) -> list[dict]:
     rows = []
 
@@ -36,29 +115,8 @@ def verdicts(m: dict) -> list[dict]:
         rows.append({"claim": k, "title": CLAIMS[k][0], "stated": CLAIMS[k][1], "measured": measured,
                      "verdict": verdict, "why": why})  # fmt: skip
 
-    # 1 speed: the fastest diffusion method whose task score is within 1 point of the reference's
-    rows_b = [r for r in m["bench"]["rows"] if r["batch"] == 1]
-    ar_row = next((r for r in rows_b if r["method"] == "ar"), None)
-    ref = next(r for r in rows_b if r["method"] == "reference")
-    ok = [r for r in rows_b if r["method"] != "ar" and (r["task_score"] or 0) >= (ref["task_score"] or 0) - 0.01]
-    best = max(ok, key=lambda r: r["tok_s"])
-    ratio = best["tok_s"] / ar_row["tok_s"] if ar_row else float("nan")
-    add(1, f"diffusion {best['tok_s']:.0f} tok/s ({best['method']}, TPF {best['tpf']:.2f}) vs AR twin "
-           f"{ar_row['tok_s']:.0f} tok/s: {ratio:.2f}×", "confirmed" if ratio >= 1 else "refuted",
-        "faster than the AR twin at the reference's task score" if ratio >= 1 else
-        "the AR twin with its KV cache is faster at batch 1 on this CPU; TPF stays near 1")  # fmt: skip
-    # 2 hallucination
-    f = m["tasks"].get("facts", {})
-    if "diffusion" in f:
-        hd, ha = f["diffusion"][-1], f["ar"][0]
-        p = rates_p(hd["hallucinated"], hd["n"], ha["hallucinated"], ha["n"])
-        red = 1 - hd["hallucinated"] / ha["hallucinated"] if ha["hallucinated"] else float("nan")
-        v = ("confirmed" if red >= 0.4 else "partly confirmed") if p < 0.05 and red > 0 else (
-            "refuted" if p < 0.05 else "inconclusive")  # fmt: skip
-        add(2, f"hallucinated {hd['hallucinated']:.1%} (diffusion) vs {ha['hallucinated']:.1%} (AR), "
-               f"{red:+.0%} reduction, p = {p:.3f}", v, "facts task, unknown and known people")  # fmt: skip
-    else:
-        add(2, "not measured", "not measured", f"facts twins not trained: {f.get('missing')}")
+    _speed(m, add)
+    _hallucination(m, add)
     # 3 diversity and 4 energy
     md = _matched_diversity(m["quality"])
     if md:
@@ -73,39 +131,34 @@ def verdicts(m: dict) -> list[dict]:
         v = "confirmed" if jd <= 0.7 * ja else ("refuted" if jd >= ja else "inconclusive")
         add(4, f"{jd:.3f} vs {ja:.3f} J/token ({jd / ja:.1f}×); {dd['cpu_seconds_per_token'] * 1e3:.1f} vs "
                f"{da['cpu_seconds_per_token'] * 1e3:.1f} CPU-ms/token", v, dd["joules_source"])  # fmt: skip
-    # 5 control and 7 code
+    # 5 control and 7 code: the AR twin sees only the prefix, so neither is a like-for-like comparison
     i = m["infill"]
-    nd, na = i["diffusion"]["n"], i["ar"]["n"]
-    ad, aa = i["diffusion"]["ast_valid"], i["ar"]["ast_valid"]
-    p = rates_p(ad, nd, aa, na)
-    r = ad / aa if aa else float("inf")
-    v = (
-        ("confirmed" if r >= 2 else "partly confirmed")
-        if p < 0.05 and r > 1
-        else ("refuted" if p < 0.05 else "inconclusive")
-    )
-    add(5, f"fills that parse with the suffix as a constraint: {ad:.0%} vs {aa:.0%} ({r:.1f}×), p = {p:.3f}", v,
-        "infilling one removed line; the AR twin can only continue the prefix")  # fmt: skip
-    ed, ea = i["diffusion"]["exact_match"], i["ar"]["exact_match"]
-    p = rates_p(ed, nd, ea, na)
-    v = ("confirmed" if ed > ea else "refuted") if p < 0.05 else "inconclusive"
-    add(7, f"infilling exact match {ed:.0%} vs {ea:.0%}, p = {p:.3f}", v, "one removed line of held-out code")
-    # 6 reasoning
+    (nd, na) = i["diffusion"]["n"], i["ar"]["n"]
+    kd, ka = round(i["diffusion"]["ast_valid"] * nd), round(i["ar"]["ast_valid"] * na)
+    add(5, f"fills that parse in context: {kd}/{nd} vs {ka}/{na}, Fisher exact p = {fisher_p(kd, nd, ka, na):.3g}",
+        "not compared", "a capability the AR twin lacks here: diffusion sees the suffix, the AR twin only the prefix; "
+        "no verdict until the AR twin decodes under the same constraint")  # fmt: skip
+    ed, ea = round(i["diffusion"]["exact_match"] * nd), round(i["ar"]["exact_match"] * na)
+    p = fisher_p(ed, nd, ea, na)
+    v = ("confirmed" if ed / nd > ea / na else "refuted") if p < 0.05 else "inconclusive"
+    add(7, f"infilling exact match {ed}/{nd} vs {ea}/{na}, Fisher exact p = {p:.3g}", v,
+        "one removed line of held-out code; the AR twin continues the prefix without the suffix")  # fmt: skip
+    # 6 reasoning: the pre-registered setting against the twin on the same items (McNemar)
     parts, wins, losses = [], 0, 0
     for name in ("sudoku", "countdown", "arithmetic"):
         t = m["tasks"].get(name, {})
         if "diffusion" not in t:
             parts.append(f"{name}: not trained")
             continue
-        d, a = max(t["diffusion"], key=lambda r: r["accuracy"]), t["ar"][0]
-        p = rates_p(d["accuracy"], d["n"], a["accuracy"], a["n"])
-        wins += p < 0.05 and d["accuracy"] > a["accuracy"]
-        losses += p < 0.05 and d["accuracy"] < a["accuracy"]
-        parts.append(f"{name} {d['accuracy']:.0%} vs {a['accuracy']:.0%} (p = {p:.3f})")
+        d, a = preregistered(t["diffusion"]), t["ar"][0]
+        c = compare(d, a)
+        wins += c["p"] < 0.05 and c["rate"][0] > c["rate"][1]
+        losses += c["p"] < 0.05 and c["rate"][0] < c["rate"][1]
+        parts.append(f"{name} " + _fmt(c))
     measured_any = any("not trained" not in s for s in parts)
     v = "not measured" if not measured_any else (
         "confirmed" if wins and not losses else "refuted" if losses and not wins else "inconclusive")  # fmt: skip
-    add(6, "; ".join(parts), v, "best diffusion setting vs the AR twin, test split")
+    add(6, "; ".join(parts), v, "pre-registered diffusion setting (one token per forward) vs the AR twin, test split")
     add(8, "not measured", "not measured", "dlm has no quantised or ONNX export yet")
     add(9, "not measured", "not measured", "dlm models are text-only")
     return sorted(rows, key=lambda r: r["claim"])
