@@ -17,7 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scipy.stats import binomtest, wilcoxon
+from scipy.stats import wilcoxon
+
+from dlm.eval.claims import stats
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = {
@@ -35,10 +37,8 @@ def rows(model: str, task: str, a, extra: str = "") -> list[dict]:
 
 
 def mcnemar(x: list[bool], y: list[bool]) -> dict:
-    b = sum(u and not v for u, v in zip(x, y))  # a right, b wrong
-    c = sum(v and not u for u, v in zip(x, y))
-    p = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
-    return {"a": sum(x) / len(x), "b": sum(y) / len(y), "a_only": b, "b_only": c, "p": p}
+    m = stats.mcnemar(x, y)  # exact: a binomial test on the discordant pairs
+    return {"a": sum(x) / len(x), "b": sum(y) / len(y), "a_only": m["only_x"], "b_only": m["only_y"], "p": m["p"]}
 
 
 def rep4(text: str) -> float:

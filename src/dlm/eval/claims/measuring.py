@@ -96,13 +96,14 @@ def _cached_eval(folder: Path, lm, task, exs, cache: Path, settings: dict) -> di
 def twin_folders(root: Path, name: str) -> dict[str, Path] | None:
     """The diffusion model and its AR twin for task `name`: root/<name>-<objective>/final when both were trained
     there, else the built-in pair when one ships, else None."""
-    from ...builtin import builtin_path
+    from ...builtin import BUILTIN_MODELS, builtin_path
 
     runs = {obj: root / f"{name}-{obj}" / "final" for obj in ("diffusion", "ar")}
     if all((p / "config.json").is_file() for p in runs.values()):
         return runs
-    if name in BUILTIN_TWINS:
-        return {obj: builtin_path(b) for obj, b in BUILTIN_TWINS[name].items()}
+    pair = BUILTIN_TWINS.get(name)
+    if pair and all(b in BUILTIN_MODELS for b in pair.values()):
+        return {obj: builtin_path(b) for obj, b in pair.items()}
     return None
 
 
