@@ -142,9 +142,10 @@ def test_facts_world_prose_and_hallucination_scoring():
     k = next(e for e in test if e.meta["known"])
     u = next(e for e in test if not e.meta["known"])
     assert k.answer == t.people[k.meta["person"]][k.meta["attr"]] and u.answer == "unknown"
-    assert t.score(k, k.answer + ".") == {"correct": True, "abstained": False, "hallucinated": False}
-    assert t.score(k, "unknown") == {"correct": False, "abstained": True, "hallucinated": False}
-    assert t.score(u, "Velmora")["hallucinated"] and t.score(u, "Unknown")["correct"]
+    assert t.score(k, k.answer + ".") == {"correct": True, "abstained": False, "hallucinated": False,
+                                            "known": True}
+    assert t.score(k, "unknown") == {"correct": False, "abstained": True, "hallucinated": False, "known": True}
+    assert t.score(u, "Velmora")["hallucinated"] and t.score(u, "Unknown")["correct"] and not t.score(u, "x")["known"]
     wrong = next(v for v in ("1850", "1851") if v != k.answer)
     assert t.score(k, wrong)["hallucinated"]
     # unknown people asked about in training are never asked about in the test
@@ -187,6 +188,9 @@ def test_evaluate_runs_the_model_through_the_chat_template():
     assert res["nfe_mean"] > 0 and len(res["examples"]) == 3 and "output" in res["examples"][0]
     again = evaluate(lm, t, t.examples("test", 3), batch_size=3, seed=0)
     assert [r["output"] for r in again["examples"]] == [r["output"] for r in res["examples"]]  # batch-invariant
+    exs = t.examples("test", 3)
+    assert [it["id"] for it in res["items"]] == [e.index for e in exs]  # one record per item, for paired tests
+    assert [it["correct"] for it in res["items"]] == [r["correct"] for r in res["examples"]]
 
 
 def test_eval_task_data_errors_name_the_line_before_loading_a_model(tmp_path):
