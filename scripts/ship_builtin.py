@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from dlm.builtin import HERE
+from dlm.eval.claims.measuring import loss_curve
 from dlm.hub import load
 
 LIMIT_BYTES = 20_000_000  # issue 3: <= 20 MB on disk
@@ -48,7 +49,13 @@ def summarize(run: Path) -> dict:
         for r in recs
         if "eval_ppl" in r
     ]
+    summary_extra = {"loss_curve": loss_curve(recs)}  # six spans' mean training loss (the claims report)
+    meta = run / "data" / "meta.json"
+    if meta.is_file():  # SFT runs: how many examples the training set has and how many the run saw
+        summary_extra["train_examples"] = json.loads(meta.read_text())["train"]["docs"]
+        summary_extra["examples_seen"] = recs[-1]["step"] * cfg["train"]["batch_size"] * cfg["train"]["grad_accum"]
     return {
+        **summary_extra,
         "objective": cfg["train"]["objective"],
         "steps": recs[-1]["step"],
         "tokens": recs[-1]["tokens"],

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_run_config(args.config, args.overrides)
         trainer = Trainer(cfg, env=env)
-        resumed = trainer.resume() if (args.resume or args.export) else False
+        resumed = trainer.resume(continuing=not args.export) if (args.resume or args.export) else False
         if args.export and not resumed:
             raise InputError("--export", no_checkpoint_to_export(cfg.out_dir))
         if args.resume and not resumed and env.is_main:

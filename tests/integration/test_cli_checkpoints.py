@@ -1,6 +1,7 @@
 """`dlm` on foreign checkpoint folders, end to end in subprocesses: info, generate --chat, convert."""
 
 import json
+import shutil
 
 from ..foreign import write_dream, write_llada, write_llada_tokenizer
 from .test_cli import dlm
@@ -69,3 +70,27 @@ def test_export_without_a_checkpoint_is_an_error(tmp_path):
     assert not out.exists()
     assert train_entry.main([str(path), "--export", str(out)]) == 2
     assert not out.exists()
+
+
+def test_export_leaves_a_running_runs_metrics_alone(tmp_path):
+    """Exporting the newest checkpoint of a run that has logged past it (a run still training) must not
+    rewrite its metrics.jsonl: only a run that continues drops the records after its checkpoint."""
+    from typer.testing import CliRunner
+
+    from dlm.cli import app
+    from dlm.training import Trainer, load_run_config
+
+    from .test_training import write_config
+
+    path = write_config(tmp_path, train={"max_steps": 6, "save_every": 4, "eval_every": 0})
+    Trainer(load_run_config(path), log=lambda *a: None).train()
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000006")  # as if the run were still at step 6
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    before = metrics.read_bytes()
+    assert [json.loads(x)["step"] for x in before.decode().splitlines()][-1] == 6  # logged past step 4
+    r = CliRunner().invoke(app, ["train", str(path), "--export", str(tmp_path / "exported")])
+    assert r.exit_code == 0 and "exported step 4" in r.output, r.output
+    assert metrics.read_bytes() == before
+    resumed = Trainer(load_run_config(path), log=lambda *a: None)
+    assert resumed.resume()  # continuing: steps 5 and 6 will be redone, so their records go
+    assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()][-1] == 4

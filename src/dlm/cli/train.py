@@ -38,7 +38,7 @@ def train(
 
     cfg = load_run_config(config, set_)
     trainer = Trainer(cfg)
-    resumed = trainer.resume() if (resume or export) else False
+    resumed = trainer.resume(continuing=not export) if (resume or export) else False
     if export and not resumed:
         raise InputError("--export", no_checkpoint_to_export(cfg.out_dir))
     if resume and not resumed:

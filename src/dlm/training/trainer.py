@@ -134,7 +134,10 @@ class Trainer:
             keep_key=S.checkpoint_filter(self.cfg, self.model_config),
         )
 
-    def resume(self, path: str | Path | None = None) -> bool:
+    def resume(self, path: str | Path | None = None, *, continuing: bool = True) -> bool:
+        """Load the newest checkpoint (or `path`). `continuing`: the run goes on from here, so the metrics it
+        logged after that checkpoint are dropped; False (exporting, possibly while the run still trains) leaves
+        the run's files alone."""
         ckpt = Path(path) if path else latest_checkpoint(self.out / "checkpoints")
         if ckpt is None:
             return False
@@ -146,7 +149,7 @@ class Trainer:
         self.batches.load_state_dict(state["data"])
         self.step = int(state["step"])
         self.tokens_seen = int(state.get("tokens_seen", 0))
-        if self.env.is_main:
+        if self.env.is_main and continuing:
             S.truncate_metrics(self.out / "metrics.jsonl", self.step)
         ranks = state.get("world_size", 1)
         self.log(f"resumed from {ckpt} at step {self.step}" + (f" (saved by {ranks} ranks)" if ranks != 1 else ""))
