@@ -12,7 +12,7 @@ from dlm.tasks.countdown import evaluate as count_eval
 from dlm.tasks.sudoku import is_solution, parse, solve
 
 # sha256 of the first 20 test prompts: a change here means every published number moves; don't.
-PINNED = {"sudoku": "7e755a6eca70a5be", "countdown": "fcb1bd97c27224a0", "arithmetic": "bfd71258131445ff",
+PINNED = {"sudoku": "7e755a6eca70a5be", "countdown": "769d493290c0dfc6", "arithmetic": "bfd71258131445ff",
           "facts": "b1e375fa8d699319"}  # fmt: skip
 
 
@@ -106,8 +106,33 @@ def test_sudoku_puzzles_are_unique_and_verifier_is_exact():
     assert t.score(ex, ex.answer)["cell_accuracy"] == 1.0
 
 
-def test_countdown_accepts_any_correct_expression_and_nothing_else():
+def test_countdown_steps_layout_is_fixed_length_and_replayed_exactly():
     t = get_task("countdown")
+    words = get_task("countdown", layout="expression").examples("test", 20)
+    steps = t.examples("test", 20)  # the same instances as the expression layout (pinned before steps existed)
+    assert hashlib.sha256("\n".join(e.prompt for e in words).encode()).hexdigest()[:16] == "fcb1bd97c27224a0"
+    assert [e.meta for e in steps] == [e.meta for e in words]
+    assert {len(e.prompt) for e in steps} == {22} and {len(e.answer) for e in steps} == {35}  # 12 (n - 1) - 1
+    ex = Example("countdown", 0, "", "", {"numbers": [2, 3, 4, 6], "target": 24})
+    assert t.verify(ex, "006*004=024,003-002=001,024*001=024")  # any order of independent steps
+    assert t.verify(ex, "6*4=24, 3-2=1, 24*1=24")  # widths and spaces are not checked, values are
+    assert t.verify(ex, "6 * 4 * (3 - 2)")  # an expression is still an answer
+    for bad in (
+        "006*004=024,003-002=001,024*001=025",  # the last result is wrong
+        "006*004=024,003-002=001",  # too few steps: 24 and 1 left
+        "006*004=024,004-002=002,024*002=048",  # 4 used twice, 3 never
+        "006*004=024,003-002=001,024/005=004",  # 5 was never made
+        "006/004=001,003-002=001,001*001=001",  # 6 / 4 is not exact
+        "006*004=024,003-002=001,024*001=024,024+000=024",  # one step too many
+        "006*004=024;003-002=001;024*001=024", "",
+    ):
+        assert not t.verify(ex, bad), bad
+    with pytest.raises(InputError, match="layout"):
+        get_task("countdown", layout="rpn")
+
+
+def test_countdown_accepts_any_correct_expression_and_nothing_else():
+    t = get_task("countdown", layout="expression")
     ex = Example("countdown", 0, "Numbers: 2 3 4 6. Target: 24.", "", {"numbers": [2, 3, 4, 6], "target": 24})
     assert not t.verify(ex, "(6 - 2) * 4 * (3 / 3)")  # right value, but 3 used twice and 2 once
     assert t.verify(ex, "6 * 4 * (3 - 2)")

@@ -2,14 +2,25 @@
 
 An instance draws `n` numbers in [1, max_number] and a target made by combining all of them in a random order
 with random operations, keeping every intermediate result a positive integer (so an exact answer exists).
-The answer is one arithmetic expression, e.g. `(7 + 5) * 3 - 8`; the verifier parses it with `ast` (numbers
-and + - * / and parentheses only), checks that it uses exactly the given numbers, and evaluates it exactly
-(fractions), so any correct expression is accepted, not only the one the generator made.
+Layouts (`layout`):
+- "steps" (the default): the prompt lists the numbers and the target with three digits each, and the answer is
+  the chain of n - 1 steps that reaches the target, each `aaa?bbb=ccc` (three digits per number) joined by
+  commas, e.g. `007+005=012,012*003=036,036-008=028`. With a character-level tokenizer every prompt and every
+  answer of a given n has one fixed length (the answer 12 (n - 1) - 1 characters), and each step is one
+  decision the model can check locally. The verifier replays any chain: each step takes two numbers still
+  available (given or made by an earlier step), its result must be exact (division without remainder), and the
+  last number left must be the target, with every given number used. An expression is accepted too.
+- "expression": the prompt in words and the answer as one expression, e.g. `(7 + 5) * 3 - 8`.
+
+Expressions are parsed with `ast` (numbers and + - * / and parentheses only), must use exactly the given
+numbers, and are evaluated exactly (fractions), so any correct answer counts, not only the generator's.
 """
 
 from __future__ import annotations
 
 import ast
+import re
+from collections import Counter
 from fractions import Fraction
 
 from ..errors import InputError
@@ -44,13 +55,48 @@ def evaluate(expr: str) -> tuple[Fraction, list[int]] | None:
     return None if value is None else (value, used)
 
 
+LAYOUTS = ("steps", "expression")
+STEP = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)\s*$")
+APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+         "/": lambda a, b: a // b if b and a % b == 0 else None}  # fmt: skip
+
+
+def replay(chain: str, numbers: list[int], target: int) -> bool:
+    """True when the comma-separated steps `a?b=c` are each exact, each use two numbers still available (given
+    or made earlier; each used once) and end with the target as the only number left."""
+    pool = Counter(numbers)
+    steps = chain.split(",")
+    if len(steps) != len(numbers) - 1:
+        return False
+    for step in steps:
+        m = STEP.match(step)
+        if not m:
+            return False
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        pool[a] -= 1
+        pool[b] -= 1
+        if pool[a] < 0 or pool[b] < 0 or APPLY[op](a, b) != c:
+            return False
+        pool[c] += 1
+    return +pool == Counter([target])
+
+
+def _words(meta: dict) -> str:
+    nums = " ".join(str(v) for v in meta["numbers"])
+    return f"Numbers: {nums}. Target: {meta['target']}. Use every number once with + - * /."
+
+
 class Countdown(Task):
     name = "countdown"
 
-    def __init__(self, numbers: int = 4, max_number: int = 20, max_target: int = 100):
+    def __init__(self, numbers: int = 4, max_number: int = 20, max_target: int = 100, layout: str = "steps"):
         if not 2 <= numbers <= 6:
             raise InputError("numbers", f"got {numbers}; allowed: 2..6")
-        self.n, self.max_number, self.max_target = numbers, max_number, max_target
+        if layout not in LAYOUTS:
+            raise InputError("layout", f"got {layout!r}; allowed: {', '.join(LAYOUTS)}")
+        if max_number > 999 or max_target > 999:
+            raise InputError("max_number/max_target", "must be <= 999 (three digits per number)")
+        self.n, self.max_number, self.max_target, self.layout = numbers, max_number, max_target, layout
 
     def config_id(self):
         return f"n={self.n},max={self.max_number},target<={self.max_target}"
@@ -60,27 +106,36 @@ class Countdown(Task):
             nums = [rng.randint(1, self.max_number) for _ in range(self.n)]
             order = rng.sample(nums, len(nums))
             value, expr = order[0], str(order[0])
-            ok = True
+            ok, steps = True, []
             for x in order[1:]:
                 choices = [("+", value + x), ("*", value * x)]
                 if value - x > 0:
                     choices.append(("-", value - x))
                 if value % x == 0:
                     choices.append(("/", value // x))
-                op, value = rng.choice(choices)
+                op, new = rng.choice(choices)
+                steps.append(f"{value:03d}{op}{x:03d}={new:03d}")
+                value = new
                 expr = f"({expr} {op} {x})"
                 if value > self.max_target:
                     ok = False
                     break
             if ok and value >= 1:
                 break
-        nums_text = " ".join(str(v) for v in sorted(nums))
-        prompt = f"Numbers: {nums_text}. Target: {value}. Use every number once with + - * /."
-        return Example(self.name, index, prompt, expr[1:-1] if expr.startswith("(") else expr,
-                       {"numbers": sorted(nums), "target": value})  # fmt: skip
+        meta = {"numbers": sorted(nums), "target": value}
+        if self.layout == "steps":
+            prompt = " ".join(f"{v:03d}" for v in sorted(nums)) + f" -> {value:03d}"
+            return Example(self.name, index, prompt, ",".join(steps), meta)
+        return Example(self.name, index, _words(meta), expr[1:-1] if expr.startswith("(") else expr, meta)
+
+    def split_key(self, ex):  # the expression layout's prompt, whatever the layout: both split alike
+        return _words(ex.meta)
 
     def verify(self, ex, output):
-        r = evaluate(clean(output).split("=")[0])
+        answer = clean(output)
+        if "," in answer or STEP.match(answer):
+            return replay(answer, ex.meta["numbers"], ex.meta["target"])
+        r = evaluate(answer.split("=")[0])
         if r is None:
             return False
         value, used = r
