@@ -27,5 +27,6 @@ def test_quick_claims_report(tmp_path):
     text = (tmp_path / "claims.md").read_text()
     claims_table, tasks_table = text.split("## The task head-to-head")
     assert "Quick mode" in claims_table and claims_table.count("\n| ") == 10  # header + 9 claims
-    assert tasks_table.count("not trained") == 4  # no twins under --tasks-root
+    assert tasks_table.count("not trained") == 3  # no twins under --tasks-root; Sudoku: the shipped pair
+    assert "| sudoku | diffusion ✔" in tasks_table and m["tasks"]["sudoku"]["models"]["diffusion"]["parameters"] > 1e6
     assert (tmp_path / "speed_vs_quality.png").is_file()

@@ -22,6 +22,8 @@ BUILTIN_MODELS = {
     "builtin-ar": "python-ar",
     "builtin-block": "python-block",
     "smollm2-diffusion": "smollm2-diffusion",
+    "builtin-sudoku": "sudoku-diffusion",  # the Sudoku pair (issue 17): 1.6M parameters, one token per cell
+    "builtin-sudoku-ar": "sudoku-ar",
 }
 DEFAULT_MODEL = "builtin"
 
