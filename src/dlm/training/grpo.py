@@ -89,8 +89,10 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps: float, beta:
     return (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
-def completion_logprobs(lm, rows: torch.Tensor, prompt_mask: torch.Tensor, completion: torch.Tensor,
-                        key_mask: torch.Tensor, prompt_mask_prob: float, generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+def completion_logprobs(
+    lm, rows: torch.Tensor, prompt_mask: torch.Tensor, completion: torch.Tensor, key_mask: torch.Tensor,
+    prompt_mask_prob: float, generator: torch.Generator,
+) -> torch.Tensor:
     """(N, L) log pi(token | noisy input) at the completion positions (0 elsewhere), from one forward of the
     rows with every completion token masked and each prompt token masked with probability prompt_mask_prob
     (the mask token is never a prediction, as in training)."""

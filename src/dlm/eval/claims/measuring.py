@@ -111,8 +111,8 @@ def _describe(lm, folder: Path) -> dict:
     """A model's size and training as its own files record them (a shipped model's training_summary.json, or the
     run's metrics.jsonl beside its final/ folder)."""
     c = lm.model.config
-    out = {"folder": str(folder), "parameters": sum(p.numel() for p in lm.model.parameters()),
-           "network": f"{c.n_layers} layers × {c.d_model}, {c.attention} attention, vocabulary {c.vocab_size}"}  # fmt: skip
+    network = f"{c.n_layers} layers × {c.d_model}, {c.attention} attention, vocabulary {c.vocab_size}"
+    out = {"folder": str(folder), "parameters": sum(p.numel() for p in lm.model.parameters()), "network": network}
     run = run_record(folder)
     if run:
         out.update({k: run[k] for k in ("steps", "tokens", "step_seconds") if run.get(k) is not None})
