@@ -188,7 +188,7 @@ def train_grpo(lm, task, cfg: GRPOConfig, out_dir: str | Path | None = None, log
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         model.eval()
         rec = {"step": step + 1, "reward": float(rewards.mean()), "loss": sum(losses) / len(losses) if losses else
                math.nan, "seconds": time.perf_counter() - t0}  # fmt: skip
