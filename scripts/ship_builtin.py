@@ -23,19 +23,14 @@ import time
 from pathlib import Path
 
 from dlm.builtin import HERE
-from dlm.eval.claims.measuring import loss_curve
+from dlm.eval.claims.measuring import loss_curve, read_metrics
 from dlm.hub import load
 
 LIMIT_BYTES = 20_000_000  # issue 3: <= 20 MB on disk
 
 
 def summarize(run: Path) -> dict:
-    by_step: dict[int, dict] = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            by_step[rec["step"]] = rec
-    recs = [by_step[s] for s in sorted(by_step)]
+    recs = read_metrics(run / "metrics.jsonl")
     cfg = json.loads((run / "run_config.json").read_text())
     if cfg["train"].get("init_from"):  # the trainer ignored this section: do not ship defaults as if they were used
         cfg["model"] = "not used: the network came from train.init_from (its shape is in config.json)"

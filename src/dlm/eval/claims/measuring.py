@@ -119,7 +119,8 @@ def _describe(lm, folder: Path) -> dict:
     return out
 
 
-def _metrics(path: Path) -> list[dict]:
+def read_metrics(path: Path) -> list[dict]:
+    """A run's metrics.jsonl records, one per step (the last record of a step wins), in step order."""
     by_step = {}
     for line in path.read_text().splitlines():
         try:
@@ -153,7 +154,7 @@ def run_record(folder: Path) -> dict | None:
     run_dir = folder.parent
     if not (run_dir / "metrics.jsonl").is_file():
         return None
-    recs = _metrics(run_dir / "metrics.jsonl")
+    recs = read_metrics(run_dir / "metrics.jsonl")
     if not recs:
         return None
     run = {"steps": recs[-1]["step"], "tokens": recs[-1].get("tokens"), "loss_curve": loss_curve(recs)}
