@@ -27,6 +27,7 @@ SPECIAL_TOKENS: dict[str, str] = {
     "assistant": "<|assistant|>",
 }
 ROLES = ("system", "user", "assistant")
+TEMPLATE_FREE = SPECIAL_TOKENS["mask"]  # in an answer template: one token the model writes
 NUM_BYTES = 256
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + NUM_BYTES
 
@@ -125,6 +126,23 @@ class TokenEncoding:
         if not isinstance(text, str):
             raise InputError("text", f"expected a str, got {type(text).__name__}")
         return self._backend_for(parse_special).encode(text, add_special_tokens=False).ids
+
+    def encode_template(self, template: str, field: str = "template") -> list[int]:
+        """Token ids of an answer template: every "<|mask|>" (dlm's spelling, whatever the tokenizer) is one
+        token the model writes (the mask token); the text between is locked: encoded as training text and
+        never noised, changed or scored. E.g. a Sudoku answer with its givens in place and its blanks free."""
+        if not isinstance(template, str):
+            raise InputError(field, f"expected a str, got {type(template).__name__}")
+        mask = self.mask_token_id
+        if mask is None:
+            raise InputError(field, "this model's tokenizer has no mask token, so a template cannot mark free tokens")
+        out: list[int] = []
+        for k, piece in enumerate(template.split(TEMPLATE_FREE)):
+            if k:
+                out.append(mask)
+            if piece:
+                out.extend(self.encode(piece, parse_special=False))
+        return out
 
     def encode_batch(self, texts: list[str], parse_special: bool = True) -> list[list[int]]:
         for i, t in enumerate(texts):

@@ -12,7 +12,7 @@ from .common import echo_json, tasks_app
 
 TASK_HELP = "sudoku | countdown | arithmetic | facts"
 TASK_OPTION_HELP = (
-    "Task setting key=value, repeatable: sudoku givens=36; countdown numbers=4 max_number=20; "
+    "Task setting key=value, repeatable: sudoku givens=36 locked=false; countdown numbers=4 max_number=20; "
     "arithmetic digits=4 ops=+*; facts people=400 seed=0."
 )
 
@@ -22,7 +22,7 @@ def task_option():
 
 
 def make_task(name: str, options: List[str]):
-    """The task NAME built with --option key=value pairs (ints where they parse)."""
+    """The task NAME built with --option key=value pairs (ints and true/false where they parse)."""
     from ..tasks import get_task
 
     kwargs = {}
@@ -30,6 +30,9 @@ def make_task(name: str, options: List[str]):
         key, sep, value = o.partition("=")
         if not sep or not key:
             raise InputError("--option", f"got {o!r}; expected key=value (e.g. givens=36)")
+        if value.lower() in ("true", "false"):
+            kwargs[key] = value.lower() == "true"
+            continue
         try:
             kwargs[key] = int(value)
         except ValueError:

@@ -121,16 +121,24 @@ class DiffusionLM:
         return self.chat_batch([messages], config, streamer=streamer, **overrides)[0]
 
     def chat_batch(
-        self, conversations: list[list[dict]], config: GenerationConfig | None = None, *, streamer=None, **overrides
-    ) -> list[Completion]:
-        """Answer several conversations in one batch (each through the chat template; rows are independent)."""
+        self, conversations: list[list[dict]], config: GenerationConfig | None = None, *, streamer=None,
+        templates: list[str] | None = None, **overrides,
+    ) -> list[Completion]:  # fmt: skip
+        """Answer several conversations in one batch (each through the chat template; rows are independent).
+        `templates` (one per conversation): answer templates, "<|mask|>" for each token the model writes and the
+        text between locked in place (`Tokenizer.encode_template`); gen_length must hold the longest."""
         texts = [
             self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations
         ]
         ids = [self.tokenizer.encode(t) for t in texts]
-        return self._complete(texts, ids, self.make_config(config, **overrides), streamer, None)
+        tpl = None
+        if templates is not None:
+            if len(templates) != len(conversations):
+                raise InputError("templates", f"got {len(templates)} templates for {len(conversations)} conversations")
+            tpl = [self.tokenizer.encode_template(t, f"templates[{i}]") for i, t in enumerate(templates)]
+        return self._complete(texts, ids, self.make_config(config, **overrides), streamer, None, tpl)
 
-    def _complete(self, prompts, ids, cfg, streamer, sfx) -> list[Completion]:
+    def _complete(self, prompts, ids, cfg, streamer, sfx, templates=None) -> list[Completion]:
         if self.is_causal:  # the AR twin: left-to-right with a KV cache
             if sfx is not None:
                 raise InputError(
@@ -138,9 +146,11 @@ class DiffusionLM:
                     "a causal (autoregressive) model cannot condition on a suffix; "
                     "use infill(..., prefix_only=True) for prefix-only completion",
                 )
-            out = generate_autoregressive(self.model, ids, cfg, streamer=streamer)
+            out = generate_autoregressive(self.model, ids, cfg, streamer=streamer, templates=templates,
+                                          mask_token_id=self.tokenizer.mask_token_id)  # fmt: skip
         else:
-            out = generate(self.model, ids, cfg, suffixes=sfx, streamer=streamer, process=self.process)
+            out = generate(self.model, ids, cfg, suffixes=sfx, streamer=streamer, process=self.process,
+                           templates=templates, mask_token_id=self.tokenizer.mask_token_id)  # fmt: skip
         return [
             Completion(
                 p,

@@ -2,7 +2,8 @@
 
 Same GenerationConfig, output type, per-row generators and streamer events as the diffusion sampler;
 `gen_length` is the number of new tokens and `steps` is ignored (one token per forward); `dtype="bfloat16"`
-runs the forwards under autocast.
+runs the forwards under autocast. An answer template locks tokens as the diffusion sampler's do: a locked
+position takes the template's token instead of a prediction (forced decoding), so both see the same givens.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def generate_autoregressive(
     streamer: Streamer | Callable[[StepEvent], None] | None = None,
     logits_processors: Sequence[Callable] = (),
     max_length: int | None = None,
+    templates: Sequence[Sequence[int]] | None = None,
+    mask_token_id: int | None = None,
 ) -> GenerationOutput:
     config = config or GenerationConfig()
     eos_id = eos_token_id if eos_token_id is not None else _model_attr(model, "eos_token_id")
@@ -46,6 +49,8 @@ def generate_autoregressive(
                 f"prompts[{i}]",
                 f"prompt ({len(p)}) + gen_length ({config.gen_length}) exceeds the model's max_seq_len {max_length}",
             )
+    forced = _forced(templates, len(prompts), config.gen_length,
+                     mask_token_id if mask_token_id is not None else _model_attr(model, "mask_token_id"))  # fmt: skip
     device = next(model.parameters()).device
     t0 = time.perf_counter()
     B, P = len(prompts), max(len(p) for p in prompts)
@@ -78,6 +83,9 @@ def generate_autoregressive(
             nxt = torch.argmax(filtered / config.temperature + gumbel, dim=-1)
         else:
             nxt = torch.argmax(logits, dim=-1)
+        for r, lock in enumerate(forced):
+            if step in lock:
+                nxt[r] = lock[step]
         rows, positions, tokens, finished = [], [], [], []
         for r in range(B):
             if done[r]:
@@ -114,3 +122,20 @@ def generate_autoregressive(
     return GenerationOutput(
         sequences, canvases, nfe, [len(o) for o in out], time.perf_counter() - t0, [d for d in done]
     )
+
+
+def _forced(templates, n: int, gen_length: int, free_id: int | None) -> list[dict[int, int]]:
+    """Per row, {step: token} for the positions its template locks (every id but `free_id`, the mask token)."""
+    if templates is None:
+        return [{} for _ in range(n)]
+    if len(templates) != n:
+        raise InputError("templates", f"got {len(templates)} templates for {n} prompts")
+    if free_id is None:
+        raise InputError("templates", "no mask token id to mark a template's free positions: pass mask_token_id")
+    out = []
+    for i, t in enumerate(templates):
+        if len(t) > gen_length:
+            raise InputError(f"templates[{i}]", f"has {len(t)} tokens; gen_length is {gen_length}: "
+                             "raise gen_length to at least the template's length")  # fmt: skip
+        out.append({k: int(x) for k, x in enumerate(t) if int(x) != free_id})
+    return out

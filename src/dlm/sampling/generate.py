@@ -74,6 +74,7 @@ def generate(
     config: GenerationConfig | None = None,
     *,
     suffixes: Sequence[Sequence[int]] | None = None,
+    templates: Sequence[Sequence[int]] | None = None,
     mask_token_id: int | None = None,
     eos_token_id: int | None = None,
     streamer: Streamer | Callable[[StepEvent], None] | None = None,
@@ -85,14 +86,16 @@ def generate(
     `process`'s reverse transition (default: masked diffusion with the model's mask token).
 
     Noise tokens already inside a prompt or suffix (masks) are filled in place, together with the first block.
-    Prompts of different lengths are left-padded and carry an attention mask.
+    `templates` (one per prompt, at most gen_length ids) lock the start of each generated region: every id but
+    the mask token is kept as given (never noised or changed); mask ids are generated (as is the region past
+    the template). Prompts of different lengths are left-padded and carry an attention mask.
     """
     d = Denoiser(model, config, mask_token_id=mask_token_id, eos_token_id=eos_token_id, streamer=streamer,
                  logits_processors=logits_processors, max_length=max_length, process=process)  # fmt: skip
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.tolist()
     t0 = time.perf_counter()
-    handles = d.add(prompts, suffixes)
+    handles = d.add(prompts, suffixes, templates=templates)
     while d.live:
         d.step()
     if d.streamer is not None:
@@ -136,6 +139,7 @@ class Denoiser:
         self.process = process
         self.reverse = process.reverse(config)
         self.eos_id = eos_token_id if eos_token_id is not None else _model_attr(model, "eos_token_id")
+        self.free_id = mask_token_id if mask_token_id is not None else _model_attr(model, "mask_token_id")
         self.shift = bool(_model_attr(model, "shift_logits", False))
         self.max_length = max_length or _model_attr(model, "max_seq_len")
         if streamer is not None and not isinstance(streamer, Streamer):
@@ -165,16 +169,19 @@ class Denoiser:
         return self.rows.count
 
     def add(
-        self, prompts: Sequence[Sequence[int]], suffixes: Sequence[Sequence[int]] | None = None, seeds=None
+        self, prompts: Sequence[Sequence[int]], suffixes: Sequence[Sequence[int]] | None = None, seeds=None,
+        templates: Sequence[Sequence[int]] | None = None,
     ) -> list[int]:
-        """Join rows (prompt ids, optional suffix ids); returns their handles. `seeds`: None = the config's
-        seed rule (an int seeds every row alike; None draws a random seed per row), or one seed per prompt."""
+        """Join rows (prompt ids, optional suffix ids, optional answer templates: see `generate`); returns their
+        handles. `seeds`: None = the config's seed rule (an int seeds every row alike; None draws a random seed
+        per row), or one seed per prompt."""
         if not prompts:
             raise InputError("prompts", "pass at least one prompt")
         suffixes = suffixes if suffixes is not None else [[] for _ in prompts]
         if len(suffixes) != len(prompts):
             raise InputError("suffixes", f"got {len(suffixes)} suffixes for {len(prompts)} prompts")
         G, dev = self.gen_length, self.device
+        locks = self._locks(templates, len(prompts))
         gens = _row_generators(len(prompts), self.config.seed if seeds is None else seeds, dev)
         rows_tokens, plens = [], []
         for i, (p, s) in enumerate(zip(prompts, suffixes)):
@@ -186,7 +193,10 @@ class Denoiser:
                     f"prompt ({len(p)}) + gen_length ({G}) + suffix ({len(s)}) = {total} tokens exceeds the "
                     f"model's max_seq_len {self.max_length}",
                 )
-            rows_tokens.append(p + self.reverse.init_canvas(G, gens[i]) + s)
+            region = self.reverse.init_canvas(G, gens[i])
+            for k, t in locks[i]:
+                region[k] = t
+            rows_tokens.append(p + region + s)
             plens.append(len(p))
         handles = list(range(self.next_handle, self.next_handle + len(prompts)))
         self.next_handle += len(prompts)
@@ -196,7 +206,7 @@ class Denoiser:
         if grow:  # existing rows (if any) are left-padded further: their slots move right
             self.rows.left_pad(grow, self.pad_id)
         new = Rows.start(handles, rows_tokens, plens, length, G, self.pad_id, self.reverse.noisy_in_text, dev,
-                         self.align)  # fmt: skip
+                         self.align, [[k for k, _ in lk] for lk in locks])  # fmt: skip
         if self.runner is None:
             self.runner = ModelRunner(self.model, self.config, self.reverse.unconditional, length, dev)
             self.reverse.reset(self.next_handle, length, dev)
@@ -206,6 +216,23 @@ class Denoiser:
         self.rows = self.rows.concat(new)
         self.length = length
         return handles
+
+    def _locks(self, templates, n: int) -> list[list[tuple[int, int]]]:
+        """Per row, the (position in the generated region, token) pairs its template locks."""
+        if templates is None:
+            return [[] for _ in range(n)]
+        if len(templates) != n:
+            raise InputError("templates", f"got {len(templates)} templates for {n} prompts")
+        if self.free_id is None:
+            raise InputError("templates", "this model has no mask token to mark a template's free positions")
+        out = []
+        for i, t in enumerate(templates):
+            t = [int(x) for x in t]
+            if len(t) > self.gen_length:
+                raise InputError(f"templates[{i}]", f"has {len(t)} tokens; gen_length is {self.gen_length}: "
+                                 "raise gen_length to at least the template's length")  # fmt: skip
+            out.append([(k, x) for k, x in enumerate(t) if x != self.free_id])
+        return out
 
     def cancel(self, handles) -> None:
         """Drop rows (a disconnected client): they leave the batch now and produce no result."""

@@ -56,8 +56,10 @@ class Rows:
         noisy_in_text: Callable[[torch.Tensor], torch.Tensor],
         device,
         align: int = 0,
+        locked: Sequence[Sequence[int]] | None = None,
     ) -> "Rows":
-        """New rows: each canvas right-aligned in `length` slots; the generated region starts noisy. With `align`
+        """New rows: each canvas right-aligned in `length` slots; the generated region starts noisy except where
+        `locked` (per row, positions inside the generated region: a template's text) says. With `align`
         (a block length) blocks sit at multiples of it in position space: the first block is cut short to the
         next boundary (the block-causal network's own blocks)."""
         n = len(rows_tokens)
@@ -72,15 +74,19 @@ class Rows:
         in_gen = (at >= gen_start[:, None]) & (at < gen_start[:, None] + gen_length)
         real = attention.bool()
         text_noise = noisy_in_text(tokens) & ~in_gen & real
+        fixed = torch.zeros_like(in_gen)
+        for i, ks in enumerate(locked or []):
+            if len(ks):
+                fixed[i, gen_start[i] + torch.tensor(list(ks), device=device)] = True
         zeros = torch.zeros(n, dtype=torch.long, device=device)
         return cls(
             handle=torch.tensor(list(handles), device=device),
             tokens=tokens,
             attention=attention,
             positions=(attention.cumsum(1) - 1).clamp(min=0),
-            cfg_hidden=real & ~in_gen & ~text_noise,
+            cfg_hidden=real & (~in_gen | fixed) & ~text_noise,
             text_noise=text_noise,
-            noisy=in_gen | text_noise,
+            noisy=(in_gen & ~fixed) | text_noise,
             gen_start=gen_start,
             pad=pad,
             has_text_noise=text_noise.any(1),

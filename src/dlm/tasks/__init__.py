@@ -50,7 +50,10 @@ def write_sft(task: Task, split: str, n: int, out: str | Path) -> dict:
     tmp = out.with_suffix(out.suffix + ".tmp")
     with open(tmp, "w") as f:
         for ex in rows:
-            f.write(json.dumps({"messages": ex.messages(), "task": ex.task, "index": ex.index}) + "\n")
+            row = {"messages": ex.messages(), "task": ex.task, "index": ex.index}
+            if ex.template is not None:
+                row["template"] = ex.template
+            f.write(json.dumps(row) + "\n")
     tmp.replace(out)
     return {"task": task.name, "config": task.config_id(), "split": split, "examples": len(exs),
             "extras": len(extras), "path": str(out)}  # fmt: skip
@@ -88,9 +91,11 @@ def evaluate(lm, task: Task, examples: list[Example], *, batch_size: int = 8, ke
     cfg = lm.make_config(None, **overrides)
     t0 = time.perf_counter()
     rows, nfe, tokens = [], [], 0
+    templated = any(ex.template is not None for ex in examples)
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
-        outs = lm.chat_batch([ex.messages(with_answer=False) for ex in chunk], cfg)
+        tpl = [ex.template or "" for ex in chunk] if templated else None
+        outs = lm.chat_batch([ex.messages(with_answer=False) for ex in chunk], cfg, templates=tpl)
         for ex, o in zip(chunk, outs):
             rows.append({"prompt": ex.prompt, "answer": ex.answer, "output": o.text, **task.score(ex, o.text)})
             nfe.append(o.nfe)

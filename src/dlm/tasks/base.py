@@ -29,6 +29,9 @@ class Example:
     prompt: str  # the user message
     answer: str  # one correct answer (the verifier may accept others)
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+    # the answer with what the question already fixes locked in place and "<|mask|>" for each token to write
+    # (Sudoku: the givens); trained and decoded as a template (never noised, never scored, forced for AR)
+    template: str | None = field(default=None, compare=False, hash=False)
 
     def messages(self, with_answer: bool = True) -> list[dict]:
         m = [{"role": "user", "content": self.prompt}]

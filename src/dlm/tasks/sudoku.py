@@ -9,6 +9,9 @@ key is the base puzzle: variants of one base are all train or all test.
 Text layouts (`layout`): "cells" (the default) writes a grid as its 81 digits in reading order, 0 for an
 empty cell, so that a character-level tokenizer gives one token per cell and every prompt and answer has the
 same length; "grid" writes 9 lines of 9 space-separated digits (the layout before cells; the same puzzles).
+With `locked` (the default in the cells layout) every example carries an answer template: the puzzle with each blank as
+"<|mask|>" (cells layout), so the givens stand in the answer from the start and are never noised, scored or
+predicted (forced for the AR twin): the models learn and are asked only the blanks.
 Puzzles from elsewhere load with `Sudoku.load_examples(path)`: JSONL, one {"puzzle": 81 characters with "0" for
 a blank, "solution": 81 characters} per line.
 """
@@ -19,6 +22,7 @@ import random
 from functools import lru_cache
 
 from ..errors import InputError
+from ..tokenizer import TEMPLATE_FREE
 from .base import Example, Task
 
 FULL = 0x3FE  # bits 1..9
@@ -147,12 +151,15 @@ def transform(grid: list[int], rng: random.Random) -> tuple[list[int], callable]
 class Sudoku(Task):
     name = "sudoku"
 
-    def __init__(self, givens: int = 36, variants: int = 1, layout: str = "cells"):
+    def __init__(self, givens: int = 36, variants: int = 1, layout: str = "cells", locked: bool | None = None):
         if not 17 <= givens <= 80:
             raise InputError("givens", f"got {givens}; allowed: 17..80 (fewer givens = harder)")
         if layout not in LAYOUTS:
             raise InputError("layout", f"got {layout!r}; allowed: {', '.join(LAYOUTS)}")
-        self.givens, self.variants, self.layout = givens, variants, layout
+        locked = layout == "cells" if locked is None else locked
+        if locked and layout != "cells":
+            raise InputError("locked", "givens are locked in the cells layout only; use layout='cells' or locked=False")
+        self.givens, self.variants, self.layout, self.locked = givens, variants, layout, locked
 
     def config_id(self) -> str:
         return f"givens={self.givens}"
@@ -163,7 +170,10 @@ class Sudoku(Task):
         p, apply = transform(list(puzzle), rng)
         s = apply(list(sol))
         meta = {"base": base, "givens": sum(v > 0 for v in p)}
-        return Example(self.name, index, to_text(p, self.layout), to_text(s, self.layout), meta)
+        return Example(self.name, index, to_text(p, self.layout), to_text(s, self.layout), meta, self._template(p))
+
+    def _template(self, puzzle: list[int]) -> str | None:
+        return "".join(str(v) if v else TEMPLATE_FREE for v in puzzle) if self.locked else None
 
     def split_key(self, ex):
         return f"base:{ex.meta['base']}"
@@ -186,7 +196,8 @@ class Sudoku(Task):
             raise InputError(f"{where}: solution", "is not a solution of the puzzle (a unit repeats a digit, "
                              "or a given is changed)")  # fmt: skip
         meta = {"base": None, "givens": sum(v > 0 for v in puzzle)}
-        return Example(self.name, index, to_text(puzzle, self.layout), to_text(sol, self.layout), meta)
+        return Example(self.name, index, to_text(puzzle, self.layout), to_text(sol, self.layout), meta,
+                       self._template(puzzle))  # fmt: skip
 
     def verify(self, ex, output):
         return is_solution(parse(ex.prompt), parse(output))

@@ -79,7 +79,8 @@ def _load_split(cfg: DataConfig, cache: Path, meta: dict, split: str):
     if cfg.task == "sft":
         rows = info["num_tokens"] // cfg.seq_len
         lengths = cache / f"{split}.prompt_lengths.npy"
-        return SFTDataset.from_files(cache / f"{split}.bin", lengths, meta["dtype"], rows, cfg.seq_len)
+        return SFTDataset.from_files(cache / f"{split}.bin", lengths, meta["dtype"], rows, cfg.seq_len,
+                                     cache / f"{split}.locked.npy")  # fmt: skip
     return PackedDataset.from_file(cache / f"{split}.bin", meta["dtype"], info["num_tokens"], cfg.seq_len)
 
 
@@ -100,7 +101,8 @@ def build_dataset(
     fp = _fingerprint(cfg, train_paths, valid_paths, tokenizer)
     meta = _read_meta(cache)
     files_ok = meta is not None and all(
-        (cache / f"{s}.bin").is_file() and (cfg.task != "sft" or (cache / f"{s}.prompt_lengths.npy").is_file())
+        (cache / f"{s}.bin").is_file()
+        and (cfg.task != "sft" or all((cache / f"{s}.{k}.npy").is_file() for k in ("prompt_lengths", "locked")))
         for s in ("train", "valid")
     )
     if meta is None or meta.get("fingerprint") != fp or not files_ok:

@@ -31,9 +31,20 @@ class Completion:
 
     prompt: str | tuple[int, ...]
     completion: str | tuple[int, ...]
+    template: str | None = None  # the completion with locked text (see TemplatedChat)
 
     def texts(self) -> list[str]:
         return [v for v in (self.prompt, self.completion) if isinstance(v, str) and v]
+
+
+class TemplatedChat(list):
+    """Chat messages (a list, as every other chat document) whose last (assistant) message has an answer
+    template (the row's "template" field): its text is locked in place, never noised and never scored, and
+    each "<|mask|>" is one answer token the model learns to write (`Tokenizer.encode_template`)."""
+
+    def __init__(self, messages: list[dict], template: str):
+        super().__init__(messages)
+        self.template = template
 
 
 Doc = tuple[str, "str | list[dict] | Completion"]
@@ -114,10 +125,14 @@ def _record_doc(where: str, rec, text_field: str):
         if not isinstance(text, str):
             raise InputError(where, f"field {text_field!r} must be a string, got {type(text).__name__}")
         return text if text.strip() else None
+    template = rec.get("template")
+    if template is not None and not isinstance(template, str):
+        raise InputError(where, f"field 'template' must be a string, got {type(template).__name__}")
     if rec.get("messages") is not None:
-        return _check_messages(where, rec["messages"])
+        messages = _check_messages(where, rec["messages"])
+        return messages if template is None else TemplatedChat(messages, template)
     if any(k in rec for k in ("completion", "completion_ids")):
-        return Completion(_part(where, rec, "prompt"), _part(where, rec, "completion"))
+        return Completion(_part(where, rec, "prompt"), _part(where, rec, "completion"), template)
     raise InputError(
         where,
         f"has no {text_field!r} string, 'messages' list or 'prompt'/'completion' pair (keys: {sorted(rec)})",
@@ -173,7 +188,7 @@ def _iter_table(path: Path, text_field: str) -> Iterator[Doc]:
             str(path),
             f"has no {text_field!r} or 'messages' column (columns: {cols}); set data.text_field or data.exclude",
         )
-    keep = [c for c in (text_field, "messages") if c in cols]
+    keep = [c for c in (text_field, "messages", "template") if c in cols]
     for row_i, rec in enumerate(ds.select_columns(keep)):
         where = f"{path}:{row_i + 1}"
         doc = _record_doc(where, rec, text_field)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: SFT splits carry {split}.locked.npy (answer templates)
 _ENCODE_CHUNK = 256
 
 
@@ -63,6 +63,7 @@ class _SplitWriter:
         self.num_tokens = 0
         self.docs = 0
         self.prompt_lengths: list[int] = []
+        self.locked: list[np.ndarray] = []  # per SFT row: the positions its answer template locks
 
     def write(self, ids: Sequence[int] | np.ndarray) -> tuple[int, int]:
         arr = np.asarray(ids, dtype=self.dtype)
@@ -122,8 +123,9 @@ def _chunks(it: Iterator, n: int) -> Iterator[list]:
         yield chunk
 
 
-def _tokenize_docs(cfg: DataConfig, tokenizer, docs: list[Doc]) -> list[tuple[str, list[int], int]]:
-    """(doc_id, ids, prompt_length) per kept document. Pretrain: ids + [eos], prompt length 0."""
+def _tokenize_docs(cfg: DataConfig, tokenizer, docs: list[Doc]) -> list[tuple[str, list[int], int, np.ndarray]]:
+    """(doc_id, ids, prompt_length, locked positions) per kept document. Pretrain: ids + [eos], prompt length 0,
+    nothing locked. SFT: the positions an answer template locks (never noised, never scored)."""
     eos = tokenizer.eos_token_id
     if cfg.task == "pretrain":
         plain = [d for _, d in docs if isinstance(d, str)]  # special-token strings in text stay text
@@ -137,7 +139,7 @@ def _tokenize_docs(cfg: DataConfig, tokenizer, docs: list[Doc]) -> list[tuple[st
                 return prompt + answer
             return next(plain_ids if isinstance(d, str) else chat_ids) + [eos]
 
-        return [(doc_id, ids(doc_id, d), 0) for doc_id, d in docs]
+        return [(doc_id, ids(doc_id, d), 0, _NONE_LOCKED) for doc_id, d in docs]
     out = []
     for doc_id, d in docs:
         if isinstance(d, str):
@@ -157,8 +159,29 @@ def _tokenize_docs(cfg: DataConfig, tokenizer, docs: list[Doc]) -> list[tuple[st
         if plen >= cfg.seq_len:
             log.warning("dropping SFT example %s: prompt has %d tokens >= seq_len=%d", doc_id, plen, cfg.seq_len)
             continue
-        out.append((doc_id, ids + [eos] * (cfg.seq_len - len(ids)), plen))
+        template = getattr(d, "template", None)
+        locked = _NONE_LOCKED if template is None else _locked_positions(tokenizer, doc_id, template, answer, plen)
+        out.append((doc_id, ids + [eos] * (cfg.seq_len - len(ids)), plen, locked[locked < cfg.seq_len]))
     return out
+
+
+_NONE_LOCKED = np.zeros(0, dtype=np.int64)
+
+
+def _locked_positions(tokenizer, doc_id: str, template: str, answer: list[int], plen: int) -> np.ndarray:
+    """Row positions of the template's locked tokens; the template must tokenise to the answer's tokens (without
+    its EOS), "<|mask|>" where the answer is free and the answer's own tokens where it is locked."""
+    t = tokenizer.encode_template(template, f"{doc_id}: template")
+    body = answer[:-1]
+    if len(t) != len(body):
+        raise InputError(f"{doc_id}: template", f"has {len(t)} tokens but the answer has {len(body)}; a template "
+                         "is the answer with each token the model writes replaced by '<|mask|>'")  # fmt: skip
+    mask = tokenizer.mask_token_id
+    bad = [k for k, (a, b) in enumerate(zip(t, body)) if a != mask and a != b]
+    if bad:
+        raise InputError(f"{doc_id}: template", f"locked token {bad[0]} differs from the answer's token there "
+                         f"({tokenizer.decode([t[bad[0]]])!r} vs {tokenizer.decode([body[bad[0]]])!r})")  # fmt: skip
+    return np.asarray([plen + k for k, a in enumerate(t) if a != mask], dtype=np.int64)
 
 
 def _completion_ids(tokenizer, doc_id: str, c: Completion) -> tuple[list[int], list[int]]:
@@ -191,23 +214,26 @@ def _build_cache(cfg: DataConfig, tokenizer, cache: Path, train_paths, valid_pat
             streams.append((iter_documents(valid_paths, cfg.text_field), "valid"))
         for docs, fixed_split in streams:
             for chunk in _chunks(docs, _ENCODE_CHUNK):
-                for doc_id, ids, plen in _tokenize_docs(cfg, tokenizer, chunk):
+                for doc_id, ids, plen, locked in _tokenize_docs(cfg, tokenizer, chunk):
                     split = fixed_split or split_of(doc_id, cfg.valid_fraction, cfg.seed)
                     start, length = writers[split].write(ids)
                     if cfg.task == "sft":
                         writers[split].prompt_lengths.append(plen)
+                        writers[split].locked.append(locked)
                     if split == "train" and fixed_split is None:
                         u = _hash_unit(doc_id, cfg.seed)
                         if best is None or u < best[0]:
-                            best = (u, start, length, plen, ids, writers["train"].docs - 1)
+                            best = (u, start, length, plen, ids, writers["train"].docs - 1, locked)
         tw, vw = writers["train"], writers["valid"]
         if not valid_paths and cfg.valid_fraction > 0 and vw.docs == 0 and tw.docs >= 2 and best is not None:
-            _, start, length, plen, ids, doc_index = best
+            _, start, length, plen, ids, doc_index, locked = best
             tw.remove_range(start, length)
             vw.write(ids)
             if cfg.task == "sft":
                 del tw.prompt_lengths[doc_index]
+                del tw.locked[doc_index]
                 vw.prompt_lengths.append(plen)
+                vw.locked.append(locked)
         meta = {
             "version": CACHE_VERSION,
             "fingerprint": fp,
@@ -221,6 +247,8 @@ def _build_cache(cfg: DataConfig, tokenizer, cache: Path, train_paths, valid_pat
             meta[s] = {"num_tokens": w.num_tokens, "docs": w.docs}
             if cfg.task == "sft":
                 _save_npy_atomic(cache / f"{s}.prompt_lengths.npy", np.asarray(w.prompt_lengths, dtype=np.int64))
+                flat = [row * cfg.seq_len + pos for row, pos in enumerate(w.locked) if len(pos)]
+                _save_npy_atomic(cache / f"{s}.locked.npy", np.concatenate(flat) if flat else _NONE_LOCKED)
     except BaseException:
         for w in writers.values():
             if not w.f.closed:

@@ -47,23 +47,39 @@ class PackedDataset:
 
 
 class SFTDataset:
-    """Fixed-length SFT rows (prompt + answer, EOS-padded) with per-row prompt lengths."""
+    """Fixed-length SFT rows (prompt + answer, EOS-padded) with per-row prompt lengths and, where answer
+    templates lock tokens, their flat offsets (`locked`: row * seq_len + position, sorted). A batch carries
+    `prompt_lengths`, or `answer_mask` (B, L) when a row in it has locked tokens: what the losses noise and
+    score (the answer minus its locked tokens)."""
 
-    def __init__(self, tokens: np.ndarray, prompt_lengths: np.ndarray, seq_len: int):
+    def __init__(self, tokens: np.ndarray, prompt_lengths: np.ndarray, seq_len: int, locked: np.ndarray | None = None):
         self.seq_len = int(seq_len)
         self.tokens = tokens.reshape(-1, self.seq_len)
         self.prompt_lengths = np.asarray(prompt_lengths, dtype=np.int64)
+        self.locked = np.zeros(0, np.int64) if locked is None else np.sort(np.asarray(locked, dtype=np.int64))
         self.num_tokens = int(self.tokens.size)
         if len(self.prompt_lengths) != len(self.tokens):
             raise InputError("prompt_lengths", f"has {len(self.prompt_lengths)} entries for {len(self.tokens)} rows")
+        if len(self.locked) and (self.locked[0] < 0 or self.locked[-1] >= self.num_tokens):
+            raise InputError("locked", f"holds offsets outside [0, {self.num_tokens})")
 
     @classmethod
     def from_files(
-        cls, path: str | Path, lengths_path: str | Path, dtype: str, rows: int, seq_len: int
-    ) -> "SFTDataset":
+        cls, path: str | Path, lengths_path: str | Path, dtype: str, rows: int, seq_len: int,
+        locked_path: str | Path | None = None,
+    ) -> "SFTDataset":  # fmt: skip
         tokens = _open_tokens(Path(path), dtype, rows * seq_len)
         lengths = np.load(lengths_path, allow_pickle=False)
-        return cls(tokens, lengths, seq_len)
+        locked = np.load(locked_path, allow_pickle=False) if locked_path is not None else None
+        return cls(tokens, lengths, seq_len, locked)
+
+    def locked_row(self, i: int) -> np.ndarray:
+        """(seq_len,) bool: the positions of row i its answer template locks."""
+        out = np.zeros(self.seq_len, dtype=bool)
+        if len(self.locked):
+            lo, hi = np.searchsorted(self.locked, [i * self.seq_len, (i + 1) * self.seq_len])
+            out[self.locked[lo:hi] - i * self.seq_len] = True
+        return out
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -76,8 +92,13 @@ class SFTDataset:
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"row index out of range [0, {len(self)})")
         rows = np.asarray(self.tokens[idx], dtype=np.int64).reshape(len(idx), self.seq_len)
-        lengths = torch.from_numpy(self.prompt_lengths[idx].copy())
-        return {"input_ids": torch.from_numpy(rows), "prompt_lengths": lengths}
+        lengths = self.prompt_lengths[idx]
+        if len(self.locked):
+            locked = np.stack([self.locked_row(int(i) % len(self)) for i in idx]) if len(idx) else None
+            if locked is not None and locked.any():
+                answer = (np.arange(self.seq_len)[None, :] >= lengths[:, None]) & ~locked
+                return {"input_ids": torch.from_numpy(rows), "answer_mask": torch.from_numpy(answer)}
+        return {"input_ids": torch.from_numpy(rows), "prompt_lengths": torch.from_numpy(lengths.copy())}
 
 
 class PackedSFTDataset:
@@ -93,6 +114,7 @@ class PackedSFTDataset:
         L = self.seq_len = base.seq_len
         self.tokens = np.asarray(base.tokens)
         self.prompt_lengths = base.prompt_lengths
+        self.locked_row = base.locked_row
         self.eos_id = int(eos_id)
         after_prompt = np.arange(L)[None, :] >= self.prompt_lengths[:, None]
         ends = (self.tokens == self.eos_id) & after_prompt
@@ -127,7 +149,7 @@ class PackedSFTDataset:
                 ids[b, at : at + n] = self.tokens[i, :n]
                 seg[b, at : at + n] = k
                 pos[b, at : at + n] = np.arange(n)
-                ans[b, at + p : at + n] = True
+                ans[b, at + p : at + n] = ~self.locked_row(i)[p:n]
                 at += n
             seg[b, at:] = k  # the row's EOS padding continues the last example's answer
             pos[b, at:] = np.arange(n, n + L - at)
