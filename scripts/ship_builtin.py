@@ -10,7 +10,8 @@ weights cast to bf16, PEFT's generated README.md left out.
 
 Writes src/dlm/builtin/NAME/ (config, weights in bf16, tokenizer, generation_config from the run) and
 training_summary.json: tokens seen, optimizer steps, step time, final train loss, held-out eval history,
-read from the run's metrics.jsonl (a resumed run appends; the last record of each step wins). Then choose the
+read from the run's metrics.jsonl (a resumed run appends; the last record of each step wins); a run that
+started from train.init_from also keeps that model's own training_summary.json under "continued_from". Then choose the
 sampling defaults with `python benchmarks/choose_generation.py --model builtin[-ar] --write`.
 """
 
@@ -49,6 +50,10 @@ def summarize(run: Path) -> dict:
     if meta.is_file():  # SFT runs: how many examples the training set has and how many the run saw
         summary_extra["train_examples"] = json.loads(meta.read_text())["train"]["docs"]
         summary_extra["examples_seen"] = recs[-1]["step"] * cfg["train"]["batch_size"] * cfg["train"]["grad_accum"]
+    init = cfg["train"].get("init_from")
+    earlier = Path(init) / "training_summary.json" if init else None
+    if earlier is not None and earlier.is_file():  # a continued run: its start's own record, stage by stage
+        summary_extra["continued_from"] = json.loads(earlier.read_text())
     return {
         **summary_extra,
         "objective": cfg["train"]["objective"],
