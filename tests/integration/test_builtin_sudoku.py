@@ -56,3 +56,18 @@ def test_the_diffusion_model_fills_blanks_far_above_chance():
     lm = dlm.load("builtin-sudoku")
     res = evaluate(lm, get_task("sudoku"), get_task("sudoku").examples("test", 16), batch_size=16)
     assert res["cell_accuracy"] > CELL_FLOOR, res["cell_accuracy"]
+
+
+@pytest.mark.parametrize("name", PAIR)
+def test_dlm_generate_with_a_template_keeps_the_givens(name):
+    ex = get_task("sudoku").examples("test", 1)[0]
+    r = CliRunner().invoke(app, ["generate", "--model", name, "--chat", ex.prompt, "--template", ex.template, "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert len(out["text"]) == 81 and out["tokens"] == 81
+    assert all(g == p for g, p in zip(out["text"], ex.prompt) if p != "0")
+    if name == "builtin-sudoku":  # one step per blank: the givens cost none
+        assert out["nfe"] == ex.prompt.count("0")
+    bad = CliRunner().invoke(app, ["generate", "--model", name, "--chat", ex.prompt, "--template", ex.template,
+                                   "--gen-length", "10"])  # fmt: skip
+    assert bad.exit_code != 0 and "templates[0]" in bad.output

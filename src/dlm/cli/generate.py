@@ -28,6 +28,11 @@ def generate(
     chat: Optional[str] = typer.Option(None, "--chat", help="A user message, sent through the model's chat template."),
     system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
     sampling: dict = ...,
+    template: Optional[str] = typer.Option(
+        None, "--template",
+        help="Answer template: text locked in place, '<|mask|>' for each token the model writes (e.g. "
+        "'{\"name\": \"<|mask|><|mask|>\"}'); the same for every prompt. gen_length defaults to its length.",
+    ),  # fmt: skip
     show_steps: bool = typer.Option(False, "--show-steps", help="Animate the denoising in the terminal."),
     as_json: bool = json_option("One JSON object per line per prompt."),
     dtype: Optional[str] = dtype_option(),
@@ -40,6 +45,9 @@ def generate(
     if system is not None and chat is None:
         raise InputError("--system", "only applies with --chat")
     lm = load_model(model, dtype, device, gguf_file)
+    tpl_ids = lm.tokenizer.encode_template(template, "--template") if template is not None else None
+    if tpl_ids is not None and sampling.get("gen_length") is None:
+        sampling = {**sampling, "gen_length": _fit(lm, len(tpl_ids))}
     cfg = lm.make_config(None, **sampling)
     if chat is not None:
         messages = ([{"role": "system", "content": system}] if system is not None else []) + [
@@ -48,14 +56,15 @@ def generate(
         prompt_ids = [lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True)]
     else:
         prompt_ids = [lm.tokenizer.encode_prompt(p) for p in prompts]
-    streamer = _TerminalStreamer(lm, prompt_ids, cfg) if show_steps else None
+    streamer = _TerminalStreamer(lm, prompt_ids, cfg, tpl_ids) if show_steps else None
     t0 = time.perf_counter()
     with streamer if streamer is not None else contextlib.nullcontext():
         if chat is not None:
-            outs = [lm.chat(messages, cfg, streamer=streamer)]
+            outs = [lm.chat(messages, cfg, streamer=streamer, template=template)]
             outs[0].prompt = chat
         else:
-            outs = lm.generate(prompts, cfg, streamer=streamer)
+            tpls = None if template is None else [template] * len(prompts)
+            outs = lm.generate(prompts, cfg, streamer=streamer, templates=tpls)
     seconds = time.perf_counter() - t0
     for o in outs:
         if as_json:
@@ -78,13 +87,23 @@ def generate(
                 typer.echo("-" * 40)
 
 
-class _TerminalStreamer(Streamer):
-    """Shows each row's canvas, masks as ░, updating in place (rich Live)."""
+def _fit(lm, n: int) -> int:
+    """gen_length for a template of n tokens: n, rounded up to whole blocks for a block-diffusion model."""
+    bl = lm.generation_config.block_length if lm.generation_config is not None else None
+    if getattr(lm.model.config, "attention", None) == "block_causal" and bl:
+        return -(-n // bl) * bl
+    return n
 
-    def __init__(self, lm, prompt_ids, cfg):
+
+class _TerminalStreamer(Streamer):
+    """Shows each row's canvas, masks as ░ (a template's locked text from the start), updating in place."""
+
+    def __init__(self, lm, prompt_ids, cfg, template=None):
         self.lm, self.cfg = lm, cfg
         self.tok = lm.tokenizer
-        self.rows = [{"prompt": len(ids), "canvas": list(ids) + [None] * cfg.gen_length} for ids in prompt_ids]
+        start = [None if t == lm.tokenizer.mask_token_id else t for t in (template or [])]
+        start += [None] * (cfg.gen_length - len(start))
+        self.rows = [{"prompt": len(ids), "canvas": list(ids) + start} for ids in prompt_ids]
 
     def __enter__(self):
         from rich.console import Console

@@ -105,20 +105,33 @@ class DiffusionLM:
         *,
         streamer=None,
         suffixes: list[str] | None = None,
+        templates: list[str] | None = None,
         **overrides,
     ) -> list[Completion]:
+        """Continue each prompt (and fill up to its suffix: infilling). `templates`: see chat_batch."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = [self.tokenizer.encode_prompt(p) for p in prompts]
         sfx = [self.tokenizer.encode(s) for s in suffixes] if suffixes is not None else None
-        return self._complete(prompts, ids, self.make_config(config, **overrides), streamer, sfx)
+        tpl = self._templates(templates, len(prompts))
+        return self._complete(prompts, ids, self.make_config(config, **overrides), streamer, sfx, tpl)
+
+    def _templates(self, templates: list[str] | None, n: int) -> list[list[int]] | None:
+        if templates is None:
+            return None
+        if len(templates) != n:
+            raise InputError("templates", f"got {len(templates)} templates for {n} prompts")
+        return [self.tokenizer.encode_template(t, f"templates[{i}]") for i, t in enumerate(templates)]
 
     def chat(
-        self, messages: str | list[dict], config: GenerationConfig | None = None, *, streamer=None, **overrides
-    ) -> Completion:
-        """Answer a conversation (a str is one user message) through the tokenizer's chat template."""
+        self, messages: str | list[dict], config: GenerationConfig | None = None, *, streamer=None,
+        template: str | None = None, **overrides,
+    ) -> Completion:  # fmt: skip
+        """Answer a conversation (a str is one user message) through the tokenizer's chat template; `template`:
+        an answer template (see chat_batch)."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
-        return self.chat_batch([messages], config, streamer=streamer, **overrides)[0]
+        tpl = None if template is None else [template]
+        return self.chat_batch([messages], config, streamer=streamer, templates=tpl, **overrides)[0]
 
     def chat_batch(
         self, conversations: list[list[dict]], config: GenerationConfig | None = None, *, streamer=None,
@@ -131,11 +144,7 @@ class DiffusionLM:
             self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations
         ]
         ids = [self.tokenizer.encode(t) for t in texts]
-        tpl = None
-        if templates is not None:
-            if len(templates) != len(conversations):
-                raise InputError("templates", f"got {len(templates)} templates for {len(conversations)} conversations")
-            tpl = [self.tokenizer.encode_template(t, f"templates[{i}]") for i, t in enumerate(templates)]
+        tpl = self._templates(templates, len(conversations))
         return self._complete(texts, ids, self.make_config(config, **overrides), streamer, None, tpl)
 
     def _complete(self, prompts, ids, cfg, streamer, sfx, templates=None) -> list[Completion]:
