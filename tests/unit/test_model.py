@@ -114,3 +114,21 @@ def test_all_padding_rows_stay_finite():
     mask = torch.ones(2, 6, dtype=torch.long)
     mask[1, :4] = 0
     assert torch.isfinite(m(x, attention_mask=mask)).all()
+
+
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+def test_learned_positions_are_absolute_and_keep_padding_and_cache_exact(attention):
+    torch.manual_seed(0)
+    m = Transformer(tiny_config(attention=attention, learned_positions=True)).eval()
+    d = tiny_config().d_model
+    assert m.num_parameters() == Transformer(tiny_config(attention=attention)).num_parameters() + 128 * d
+    x = torch.randint(4, 64, (1, 6))
+    shifted = m(x, position_ids=torch.arange(6)[None] + 7)
+    assert not torch.allclose(m(x), shifted, atol=1e-4)  # absolute: unlike RoPE alone, a shift changes the logits
+    padded = torch.cat([torch.full((1, 3), 2), x], dim=1)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1]])
+    assert torch.allclose(m(x), m(padded, attention_mask=mask)[:, 3:], atol=1e-5)  # left padding: same positions
+    if attention == "causal":
+        cache = KVCache()
+        inc = torch.cat([m(x[:, :4], cache=cache)] + [m(x[:, i : i + 1], cache=cache) for i in (4, 5)], dim=1)
+        assert torch.allclose(m(x), inc, atol=1e-5)

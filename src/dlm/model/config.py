@@ -35,6 +35,10 @@ class ModelConfig:
     bos_token_id: int | None = None
     # Model-family property: logits at position i-1 predict token i (Dream). Read by samplers and losses.
     shift_logits: bool = False
+    # a learned absolute position embedding added to the input (GPT-2 / BERT style), beside RoPE: lets a
+    # bidirectional network know where it is (a Sudoku cell's row and column), which RoPE alone, being relative,
+    # leaves it to infer
+    learned_positions: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

@@ -128,6 +128,8 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        if config.learned_positions:
+            self.embed_positions = nn.Embedding(config.max_seq_len, config.d_model)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -181,6 +183,8 @@ class Transformer(nn.Module):
                 position_ids = key_pos[:, -L:] if q_slots is None else key_pos.gather(1, q_slots.expand(B, -1))
             else:
                 position_ids = (q_slots if q_slots is not None else torch.arange(L, device=x.device)[None]).expand(B, L)
+        if self.config.learned_positions:
+            x = x + self.embed_positions(position_ids)
         cos, sin = rope_cos_sin(position_ids, self.config.dim_head, self.config.rope_theta, x.dtype)
         mask = build_attention_mask(self.config, attention_mask, L, k_len, x.device, q_slots)
         for layer in self.layers:
