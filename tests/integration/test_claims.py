@@ -30,3 +30,16 @@ def test_quick_claims_report(tmp_path):
     assert tasks_table.count("not trained") == 3  # no twins under --tasks-root; Sudoku: the shipped pair
     assert "| sudoku | diffusion ✔" in tasks_table and m["tasks"]["sudoku"]["models"]["diffusion"]["parameters"] > 1e6
     assert (tmp_path / "speed_vs_quality.png").is_file()
+    # --tasks-only: the task twins are measured again (cached by weights and settings), the rest is kept
+    again = subprocess.run(
+        [sys.executable, "-m", "dlm.cli", "eval", "claims", "--quick", "--tasks-only", "--out", str(tmp_path),
+         "--tasks-root", str(tmp_path / "no-twins"), "--data", src],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    m2 = json.loads((tmp_path / "measurements.json").read_text())
+    assert m2["bench"] == m["bench"] and m2["quality"] == m["quality"] and m2["infill"] == m["infill"]
+    assert m2["tasks"]["sudoku"]["diffusion"][-1]["cache_key"] == m["tasks"]["sudoku"]["diffusion"][-1]["cache_key"]
+    none = subprocess.run([sys.executable, "-m", "dlm.cli", "eval", "claims", "--tasks-only", "--out",
+                           str(tmp_path / "empty")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert none.returncode != 0 and "--tasks-only" in none.stderr + none.stdout

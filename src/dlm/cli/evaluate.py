@@ -211,16 +211,27 @@ def eval_claims(
     scorer: str = typer.Option("smollm2", "--scorer", help="Causal scorer for generative perplexity."),
     data: str = typer.Option("data/python/test.jsonl", "--data", help="Held-out Python for prompts and infilling."),
     report_only: bool = typer.Option(False, "--report-only", help="Rebuild the report from OUT/measurements.json."),
+    tasks_only: bool = typer.Option(
+        False, "--tasks-only",
+        help="Measure the task twins (and their training curves) again; speed, quality and infilling come from "
+        "OUT/measurements.json (e.g. after retraining a task twin).",
+    ),  # fmt: skip
 ):
     """Measure the claims of CLAIMS.md (diffusion vs the AR twin) and write OUT/claims.md with plots."""
     from ..eval import claims
 
-    if report_only:
+    earlier = None
+    if report_only or tasks_only:
+        flag = "--report-only" if report_only else "--tasks-only"
         f = out / "measurements.json"
         if not f.is_file():
-            raise InputError("--report-only", f"{f} not found; run without --report-only first")
-        m = json.loads(f.read_text())
+            raise InputError(flag, f"{f} not found; run without {flag} first")
+        earlier = json.loads(f.read_text())
+        if tasks_only and earlier.get("quick") != quick:
+            raise InputError("--tasks-only", f"{f} was measured with quick={earlier.get('quick')}; pass the same")
+    if report_only:
+        m = earlier
     else:
-        m = claims.measure(out, quick=quick, tasks_root=tasks_root, scorer=scorer, data=data,
+        m = claims.measure(out, quick=quick, tasks_root=tasks_root, scorer=scorer, data=data, earlier=earlier,
                            log=lambda msg: typer.echo(f"# {msg}", err=True))  # fmt: skip
     typer.echo(f"wrote {claims.write_report(m, out)}")
