@@ -8,7 +8,8 @@ From one SFT diffusion model (`--start`; by default one trained here first: the 
      compute matched by seconds on this machine, in this process.
   3. Both, and the start, answer the first N test items greedily (the task's default decoding); per item
      right/wrong, paired: an exact McNemar test of RL vs SFT. The RL reward curve is kept.
-Writes OUT/grpo_vs_sft.json and OUT/grpo_vs_sft.md (the table and the curve, one row per 10 RL steps).
+Writes OUT/grpo_vs_sft.json and OUT/grpo_vs_sft.md (the table and the curve, one row per 10 RL steps); the
+models go under --runs, outside the checkout.
 
     python benchmarks/grpo_vs_sft.py [--task arithmetic --option digits=3 --option ops=+] [--out reports/grpo]
 
@@ -80,7 +81,8 @@ def main(argv=None) -> int:
     p.add_argument("--sft-steps", type=int, default=1000, help="SFT steps of the start model")
     p.add_argument("--config", default=None, help="its run config (default: the task's diffusion config)")
     p.add_argument("-n", type=int, default=200, help="test items")
-    p.add_argument("--out", default="reports/grpo")
+    p.add_argument("--out", default="reports/grpo", help="the report (grpo_vs_sft.md / .json)")
+    p.add_argument("--runs", default=None, help="models and their runs (default ~/dlm-runs/grpo: outside the checkout)")
     p.add_argument("--smoke", action="store_true", help="a tiny run of every stage (results meaningless)")
     a = p.parse_args(argv)
     rl_settings = dict(RL)
@@ -90,7 +92,9 @@ def main(argv=None) -> int:
     if a.option is None:
         a.option = ["digits=3", "ops=+"] if a.task == "arithmetic" else []
     config = a.config or str(ROOT / f"examples/configs/tasks/{a.task}-diffusion.yaml")
-    out = Path(a.out)
+    report_dir = Path(a.out)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    out = Path(a.runs or Path.home() / "dlm-runs" / "grpo")
     out.mkdir(parents=True, exist_ok=True)
     task = make_task(a.task, a.option)
     test = task.examples("test", a.n)
@@ -112,7 +116,7 @@ def main(argv=None) -> int:
     report = {"task": a.task, "options": a.option, "start": start, "rl_settings": rl_settings, "rl_seconds": rl_seconds,
               "sft": sft, "results": {k: {kk: vv for kk, vv in v.items() if kk != "items"} for k, v in results.items()},
               "items": correct, "mcnemar_rl_vs_sft": test_rl_sft, "curve": curve}  # fmt: skip
-    (out / "grpo_vs_sft.json").write_text(json.dumps(report, indent=1))
+    (report_dir / "grpo_vs_sft.json").write_text(json.dumps(report, indent=1))
     lines = [f"# diffu-GRPO vs more SFT at equal compute ({a.task}, {a.n} test items)", "",
              f"Start: `{start}`. RL: {rl_settings['steps']} steps × {rl_settings['prompts_per_step']} prompts × "
              f"{rl_settings['group_size']} "
@@ -130,7 +134,7 @@ def main(argv=None) -> int:
     for i in range(0, len(curve), 10):
         chunk = curve[i : i + 10]
         lines.append(f"| {chunk[0]['step']}–{chunk[-1]['step']} | {sum(c['reward'] for c in chunk) / len(chunk):.3f} |")
-    (out / "grpo_vs_sft.md").write_text("\n".join(lines) + "\n")
+    (report_dir / "grpo_vs_sft.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
