@@ -17,7 +17,7 @@ import torch
 from ..errors import InputError
 from ..model import KVCache
 from .config import GenerationConfig
-from .generate import GenerationOutput, _model_attr, _row_generators
+from .generate import GenerationOutput, _model_attr, _row_generators, template_locks
 from .processors import config_processors, top_k_top_p_filter
 from .streamer import CallbackStreamer, StepEvent, Streamer
 
@@ -49,9 +49,14 @@ def generate_autoregressive(
                 f"prompts[{i}]",
                 f"prompt ({len(p)}) + gen_length ({config.gen_length}) exceeds the model's max_seq_len {max_length}",
             )
-    forced = _forced(templates, len(prompts), config.gen_length,
-                     mask_token_id if mask_token_id is not None else _model_attr(model, "mask_token_id"))  # fmt: skip
+    locks = template_locks(templates, len(prompts), config.gen_length,
+                           mask_token_id if mask_token_id is not None else _model_attr(model, "mask_token_id"))
     device = next(model.parameters()).device
+    forced = torch.zeros((len(prompts), config.gen_length), dtype=torch.bool, device=device)
+    forced_tok = torch.zeros((len(prompts), config.gen_length), dtype=torch.long, device=device)
+    for r, lock in enumerate(locks):
+        for k, t in lock.items():
+            forced[r, k], forced_tok[r, k] = True, t
     t0 = time.perf_counter()
     B, P = len(prompts), max(len(p) for p in prompts)
     pad_id = _model_attr(model, "pad_token_id") or 0
@@ -83,9 +88,7 @@ def generate_autoregressive(
             nxt = torch.argmax(filtered / config.temperature + gumbel, dim=-1)
         else:
             nxt = torch.argmax(logits, dim=-1)
-        for r, lock in enumerate(forced):
-            if step in lock:
-                nxt[r] = lock[step]
+        nxt = torch.where(forced[:, step], forced_tok[:, step], nxt)
         rows, positions, tokens, finished = [], [], [], []
         for r in range(B):
             if done[r]:
@@ -123,19 +126,3 @@ def generate_autoregressive(
         sequences, canvases, nfe, [len(o) for o in out], time.perf_counter() - t0, [d for d in done]
     )
 
-
-def _forced(templates, n: int, gen_length: int, free_id: int | None) -> list[dict[int, int]]:
-    """Per row, {step: token} for the positions its template locks (every id but `free_id`, the mask token)."""
-    if templates is None:
-        return [{} for _ in range(n)]
-    if len(templates) != n:
-        raise InputError("templates", f"got {len(templates)} templates for {n} prompts")
-    if free_id is None:
-        raise InputError("templates", "no mask token id to mark a template's free positions: pass mask_token_id")
-    out = []
-    for i, t in enumerate(templates):
-        if len(t) > gen_length:
-            raise InputError(f"templates[{i}]", f"has {len(t)} tokens; gen_length is {gen_length}: "
-                             "raise gen_length to at least the template's length")  # fmt: skip
-        out.append({k: int(x) for k, x in enumerate(t) if int(x) != free_id})
-    return out

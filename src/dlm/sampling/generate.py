@@ -62,6 +62,24 @@ def _per_row_uniform(gens, valid: torch.Tensor, extra: tuple[int, ...], device) 
     return out
 
 
+def template_locks(templates, n: int, gen_length: int, free_id: int | None) -> list[dict[int, int]]:
+    """Per row, {position in the generated region: token} for what its answer template locks (every id but
+    `free_id`, the mask token); the diffusion sampler keeps these tokens, the AR sampler is forced to them."""
+    if templates is None:
+        return [{} for _ in range(n)]
+    if len(templates) != n:
+        raise InputError("templates", f"got {len(templates)} templates for {n} prompts")
+    if free_id is None:
+        raise InputError("templates", "no mask token id marks a template's free positions: pass mask_token_id")
+    out = []
+    for i, t in enumerate(templates):
+        if len(t) > gen_length:
+            raise InputError(f"templates[{i}]", f"has {len(t)} tokens; gen_length is {gen_length}: "
+                             "raise gen_length to at least the template's length")  # fmt: skip
+        out.append({k: int(x) for k, x in enumerate(t) if int(x) != free_id})
+    return out
+
+
 def _model_attr(model, name, default=None):
     cfg = getattr(model, "config", None)
     return getattr(cfg, name, default) if cfg is not None else default
@@ -181,7 +199,7 @@ class Denoiser:
         if len(suffixes) != len(prompts):
             raise InputError("suffixes", f"got {len(suffixes)} suffixes for {len(prompts)} prompts")
         G, dev = self.gen_length, self.device
-        locks = self._locks(templates, len(prompts))
+        locks = template_locks(templates, len(prompts), G, self.free_id)
         gens = _row_generators(len(prompts), self.config.seed if seeds is None else seeds, dev)
         rows_tokens, plens = [], []
         for i, (p, s) in enumerate(zip(prompts, suffixes)):
@@ -194,7 +212,7 @@ class Denoiser:
                     f"model's max_seq_len {self.max_length}",
                 )
             region = self.reverse.init_canvas(G, gens[i])
-            for k, t in locks[i]:
+            for k, t in locks[i].items():
                 region[k] = t
             rows_tokens.append(p + region + s)
             plens.append(len(p))
@@ -206,7 +224,7 @@ class Denoiser:
         if grow:  # existing rows (if any) are left-padded further: their slots move right
             self.rows.left_pad(grow, self.pad_id)
         new = Rows.start(handles, rows_tokens, plens, length, G, self.pad_id, self.reverse.noisy_in_text, dev,
-                         self.align, [[k for k, _ in lk] for lk in locks])  # fmt: skip
+                         self.align, [list(lk) for lk in locks])  # fmt: skip
         if self.runner is None:
             self.runner = ModelRunner(self.model, self.config, self.reverse.unconditional, length, dev)
             self.reverse.reset(self.next_handle, length, dev)
@@ -216,23 +234,6 @@ class Denoiser:
         self.rows = self.rows.concat(new)
         self.length = length
         return handles
-
-    def _locks(self, templates, n: int) -> list[list[tuple[int, int]]]:
-        """Per row, the (position in the generated region, token) pairs its template locks."""
-        if templates is None:
-            return [[] for _ in range(n)]
-        if len(templates) != n:
-            raise InputError("templates", f"got {len(templates)} templates for {n} prompts")
-        if self.free_id is None:
-            raise InputError("templates", "this model has no mask token to mark a template's free positions")
-        out = []
-        for i, t in enumerate(templates):
-            t = [int(x) for x in t]
-            if len(t) > self.gen_length:
-                raise InputError(f"templates[{i}]", f"has {len(t)} tokens; gen_length is {self.gen_length}: "
-                                 "raise gen_length to at least the template's length")  # fmt: skip
-            out.append([(k, x) for k, x in enumerate(t) if x != self.free_id])
-        return out
 
     def cancel(self, handles) -> None:
         """Drop rows (a disconnected client): they leave the batch now and produce no result."""
