@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -33,6 +34,14 @@ def generate(
         help="Answer template: text locked in place, '<|mask|>' for each token the model writes (e.g. "
         "'{\"name\": \"<|mask|><|mask|>\"}'); the same for every prompt. gen_length defaults to its length.",
     ),  # fmt: skip
+    regex: Optional[str] = typer.Option(None, "--regex", help="The output must match this regular expression."),
+    json_schema: Optional[Path] = typer.Option(
+        None, "--json-schema", help="The output must be JSON valid under this JSON Schema file."
+    ),
+    json_object: bool = typer.Option(False, "--json-object", help="The output must be a JSON object."),
+    grammar: Optional[Path] = typer.Option(
+        None, "--grammar", help="The output must parse under this Lark grammar file (llguidance's Lark)."
+    ),
     show_steps: bool = typer.Option(False, "--show-steps", help="Animate the denoising in the terminal."),
     as_json: bool = json_option("One JSON object per line per prompt."),
     dtype: Optional[str] = dtype_option(),
@@ -44,6 +53,9 @@ def generate(
         raise InputError("PROMPTS", "pass either prompts or --chat MESSAGE (not both)")
     if system is not None and chat is None:
         raise InputError("--system", "only applies with --chat")
+    structured = _structured_output(regex, json_schema, json_object, grammar)
+    if structured is not None and template is not None:
+        raise InputError("--template", "takes no --regex/--json-schema/--json-object/--grammar with it")
     lm = load_model(model, dtype, device, gguf_file)
     tpl_ids = lm.tokenizer.encode_template(template, "--template") if template is not None else None
     if tpl_ids is not None and sampling.get("gen_length") is None:
@@ -60,11 +72,11 @@ def generate(
     t0 = time.perf_counter()
     with streamer if streamer is not None else contextlib.nullcontext():
         if chat is not None:
-            outs = [lm.chat(messages, cfg, streamer=streamer, template=template)]
+            outs = [lm.chat(messages, cfg, streamer=streamer, template=template, structured_output=structured)]
             outs[0].prompt = chat
         else:
             tpls = None if template is None else [template] * len(prompts)
-            outs = lm.generate(prompts, cfg, streamer=streamer, templates=tpls)
+            outs = lm.generate(prompts, cfg, streamer=streamer, templates=tpls, structured_output=structured)
     seconds = time.perf_counter() - t0
     for o in outs:
         if as_json:
@@ -85,6 +97,28 @@ def generate(
             typer.echo(o.filled if "<|mask|>" in o.prompt else o.prompt + o.text)
             if len(outs) > 1:
                 typer.echo("-" * 40)
+
+
+def _structured_output(regex, json_schema, json_object, grammar):
+    """The StructuredOutput the flags ask for (at most one), or None."""
+    from ..sampling.constraints import StructuredOutput
+
+    given = [f for f, v in (("--regex", regex), ("--json-schema", json_schema), ("--json-object", json_object or None),
+                            ("--grammar", grammar)) if v is not None]  # fmt: skip
+    if not given:
+        return None
+    if len(given) > 1:
+        raise InputError(given[1], f"pass one of --regex, --json-schema, --json-object, --grammar, not {given}")
+    for flag, path in (("--json-schema", json_schema), ("--grammar", grammar)):
+        if path is not None and not path.is_file():
+            raise InputError(flag, f"{path} is not a file")
+    if json_schema is not None:
+        return StructuredOutput(json=json_schema.read_text(), field="--json-schema")
+    if grammar is not None:
+        return StructuredOutput(grammar=grammar.read_text(), field="--grammar")
+    if regex is not None:
+        return StructuredOutput(regex=regex, field="--regex")
+    return StructuredOutput(json_object=True, field="--json-object")
 
 
 def _fit(lm, n: int) -> int:

@@ -14,6 +14,7 @@ from ..diffusion import DiffusionConfig, build_process
 from ..errors import CheckpointError, ConfigError, InputError
 from ..sampling import GenerationConfig, generate
 from ..sampling.autoregressive import generate_autoregressive
+from ..sampling.constraints import GrammarCompiler, StructuredOutput
 from .checkpoint import GENERATION_CONFIG_NAME, save_pretrained
 from .loading import Checkpoint, load_model, open_checkpoint, open_tokenizer, resolve_device
 
@@ -45,6 +46,7 @@ class DiffusionLM:
         self.generation_config = generation_config or GenerationConfig()
         self.diffusion_config = diffusion_config or DiffusionConfig()
         self.path = path
+        self._grammars: GrammarCompiler | None = None
 
     @classmethod
     def from_pretrained(
@@ -106,14 +108,38 @@ class DiffusionLM:
         streamer=None,
         suffixes: list[str] | None = None,
         templates: list[str] | None = None,
+        structured_output: StructuredOutput | dict | None = None,
         **overrides,
     ) -> list[Completion]:
-        """Continue each prompt (and fill up to its suffix: infilling). `templates`: see chat_batch."""
+        """Continue each prompt (and fill up to its suffix: infilling). `templates`: see chat_batch;
+        `structured_output`: what every completion must match (see chat_batch)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = [self.tokenizer.encode_prompt(p) for p in prompts]
         sfx = [self.tokenizer.encode(s) for s in suffixes] if suffixes is not None else None
         tpl = self._templates(templates, len(prompts))
-        return self._complete(prompts, ids, self.make_config(config, **overrides), streamer, sfx, tpl)
+        cons = self._constraints([structured_output] * len(prompts))
+        return self._complete(prompts, ids, self.make_config(config, **overrides), streamer, sfx, tpl, cons)
+
+    def _constraints(self, specs) -> list | None:
+        if all(s is None for s in specs):
+            return None
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.tokenizer, self.model.config.vocab_size, self.tokenizer.eos_token_id)
+        compiled: dict[int, object] = {}  # one compile per distinct spec object
+        out = []
+        for i, s in enumerate(specs):
+            if s is None:
+                out.append(None)
+                continue
+            if id(s) not in compiled:
+                spec = (
+                    s
+                    if isinstance(s, StructuredOutput)
+                    else StructuredOutput(**{"field": f"structured_outputs[{i}]", **s})
+                )
+                compiled[id(s)] = self._grammars.compile(spec)
+            out.append(compiled[id(s)])
+        return out
 
     def _templates(self, templates: list[str] | None, n: int) -> list[list[int]] | None:
         if templates is None:
@@ -124,30 +150,40 @@ class DiffusionLM:
 
     def chat(
         self, messages: str | list[dict], config: GenerationConfig | None = None, *, streamer=None,
-        template: str | None = None, **overrides,
+        template: str | None = None, structured_output: StructuredOutput | dict | None = None, **overrides,
     ) -> Completion:  # fmt: skip
         """Answer a conversation (a str is one user message) through the tokenizer's chat template; `template`:
-        an answer template (see chat_batch)."""
+        an answer template, `structured_output`: what the answer must match (see chat_batch)."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         tpl = None if template is None else [template]
-        return self.chat_batch([messages], config, streamer=streamer, templates=tpl, **overrides)[0]
+        so = None if structured_output is None else [structured_output]
+        return self.chat_batch([messages], config, streamer=streamer, templates=tpl, structured_outputs=so,
+                               **overrides)[0]  # fmt: skip
 
     def chat_batch(
         self, conversations: list[list[dict]], config: GenerationConfig | None = None, *, streamer=None,
-        templates: list[str] | None = None, **overrides,
+        templates: list[str] | None = None, structured_outputs: list | None = None, **overrides,
     ) -> list[Completion]:  # fmt: skip
         """Answer several conversations in one batch (each through the chat template; rows are independent).
         `templates` (one per conversation): answer templates, "<|mask|>" for each token the model writes and the
-        text between locked in place (`Tokenizer.encode_template`); gen_length must hold the longest."""
+        text between locked in place (`Tokenizer.encode_template`); gen_length must hold the longest.
+        `structured_outputs` (one per conversation, None for free text): a `StructuredOutput` or its fields as a
+        dict ({"regex": ...}, {"json": schema}, {"json_object": True}, {"grammar": lark}); the answer then
+        matches it whenever it can within gen_length (`dlm.sampling.constraints`)."""
         texts = [
             self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations
         ]
         ids = [self.tokenizer.encode(t) for t in texts]
         tpl = self._templates(templates, len(conversations))
-        return self._complete(texts, ids, self.make_config(config, **overrides), streamer, None, tpl)
+        if structured_outputs is not None and len(structured_outputs) != len(conversations):
+            raise InputError(
+                "structured_outputs", f"got {len(structured_outputs)} for {len(conversations)} conversations"
+            )
+        cons = self._constraints(structured_outputs or [None] * len(conversations))
+        return self._complete(texts, ids, self.make_config(config, **overrides), streamer, None, tpl, cons)
 
-    def _complete(self, prompts, ids, cfg, streamer, sfx, templates=None) -> list[Completion]:
+    def _complete(self, prompts, ids, cfg, streamer, sfx, templates=None, constraints=None) -> list[Completion]:
         if self.is_causal:  # the AR twin: left-to-right with a KV cache
             if sfx is not None:
                 raise InputError(
@@ -156,10 +192,12 @@ class DiffusionLM:
                     "use infill(..., prefix_only=True) for prefix-only completion",
                 )
             out = generate_autoregressive(self.model, ids, cfg, streamer=streamer, templates=templates,
-                                          mask_token_id=self.tokenizer.mask_token_id)  # fmt: skip
+                                          mask_token_id=self.tokenizer.mask_token_id,
+                                          constraints=constraints)  # fmt: skip
         else:
             out = generate(self.model, ids, cfg, suffixes=sfx, streamer=streamer, process=self.process,
-                           templates=templates, mask_token_id=self.tokenizer.mask_token_id)  # fmt: skip
+                           templates=templates, mask_token_id=self.tokenizer.mask_token_id,
+                           constraints=constraints)  # fmt: skip
         return [
             Completion(
                 p,

@@ -17,6 +17,7 @@ import torch
 from ..errors import InputError
 from ..model import KVCache
 from .config import GenerationConfig
+from .constraints import Constraint, check_guides
 from .generate import GenerationOutput, _model_attr, _row_generators, template_locks
 from .processors import config_processors, top_k_top_p_filter
 from .streamer import CallbackStreamer, StepEvent, Streamer
@@ -34,6 +35,7 @@ def generate_autoregressive(
     max_length: int | None = None,
     templates: Sequence[Sequence[int]] | None = None,
     mask_token_id: int | None = None,
+    constraints: Sequence[Constraint | None] | None = None,
 ) -> GenerationOutput:
     config = config or GenerationConfig()
     eos_id = eos_token_id if eos_token_id is not None else _model_attr(model, "eos_token_id")
@@ -49,8 +51,13 @@ def generate_autoregressive(
                 f"prompts[{i}]",
                 f"prompt ({len(p)}) + gen_length ({config.gen_length}) exceeds the model's max_seq_len {max_length}",
             )
-    locks = template_locks(templates, len(prompts), config.gen_length,
-                           mask_token_id if mask_token_id is not None else _model_attr(model, "mask_token_id"))
+    locks = template_locks(
+        templates,
+        len(prompts),
+        config.gen_length,
+        mask_token_id if mask_token_id is not None else _model_attr(model, "mask_token_id"),
+    )
+    guides = [c.guide() if c is not None else None for c in check_guides(constraints, len(prompts), locks)]
     device = next(model.parameters()).device
     forced = torch.zeros((len(prompts), config.gen_length), dtype=torch.bool, device=device)
     forced_tok = torch.zeros((len(prompts), config.gen_length), dtype=torch.long, device=device)
@@ -81,6 +88,12 @@ def generate_autoregressive(
             at = torch.full((B, 1), history.shape[1], device=device)
             for proc in processors:
                 logits = proc(history, logits[:, None], at)[:, 0]
+        for r, g in enumerate(guides):  # the grammar's next-token mask (EOS once it has ended)
+            if g is not None and not done[r]:
+                if g.stopped:
+                    logits[r] = torch.where(torch.arange(logits.shape[-1], device=device) == eos_id, 0.0, float("-inf"))
+                else:
+                    g.mask_(logits[r])
         if config.temperature > 0:
             filtered = top_k_top_p_filter(logits, config.top_k, config.top_p)
             u = torch.stack([torch.rand(logits.shape[-1], generator=g, device=g.device) for g in gens]).to(device)
@@ -94,6 +107,8 @@ def generate_autoregressive(
             if done[r]:
                 continue
             t = int(nxt[r])
+            if guides[r] is not None:
+                guides[r].accept([t])
             out[r].append(t)
             rows.append(r)
             positions.append([len(prompts[r]) + len(out[r]) - 1])
@@ -125,4 +140,3 @@ def generate_autoregressive(
     return GenerationOutput(
         sequences, canvases, nfe, [len(o) for o in out], time.perf_counter() - t0, [d for d in done]
     )
-

@@ -21,6 +21,7 @@ import torch
 from ..diffusion import NoiseProcess, StepContext, build_process
 from ..errors import InputError
 from .config import GenerationConfig
+from .constraints import Constraint, Guide, check_guides
 from .forward import ModelRunner
 from .processors import config_processors
 from .rows import Rows
@@ -93,6 +94,7 @@ def generate(
     *,
     suffixes: Sequence[Sequence[int]] | None = None,
     templates: Sequence[Sequence[int]] | None = None,
+    constraints: Sequence[Constraint | None] | None = None,
     mask_token_id: int | None = None,
     eos_token_id: int | None = None,
     streamer: Streamer | Callable[[StepEvent], None] | None = None,
@@ -106,14 +108,16 @@ def generate(
     Noise tokens already inside a prompt or suffix (masks) are filled in place, together with the first block.
     `templates` (one per prompt, at most gen_length ids) lock the start of each generated region: every id but
     the mask token is kept as given (never noised or changed); mask ids are generated (as is the region past
-    the template). Prompts of different lengths are left-padded and carry an attention mask.
+    the template). `constraints` (one per prompt, a compiled `Constraint` or None): the generated region must
+    match it (regex, JSON Schema, grammar; see `dlm.sampling.constraints` for the rule that keeps this sound
+    in any decoding order). Prompts of different lengths are left-padded and carry an attention mask.
     """
     d = Denoiser(model, config, mask_token_id=mask_token_id, eos_token_id=eos_token_id, streamer=streamer,
                  logits_processors=logits_processors, max_length=max_length, process=process)  # fmt: skip
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.tolist()
     t0 = time.perf_counter()
-    handles = d.add(prompts, suffixes, templates=templates)
+    handles = d.add(prompts, suffixes, templates=templates, constraints=constraints)
     while d.live:
         d.step()
     if d.streamer is not None:
@@ -178,6 +182,7 @@ class Denoiser:
         self.runner: ModelRunner | None = None
         self.gens: dict[int, torch.Generator] = {}
         self.results: dict[int, dict] = {}
+        self.guides: dict[int, Guide] = {}  # rows under a structured-output constraint, by handle
         self.next_handle = 0
         self.step_counter = 0
         self.rows = Rows.empty(self.device)
@@ -187,12 +192,16 @@ class Denoiser:
         return self.rows.count
 
     def add(
-        self, prompts: Sequence[Sequence[int]], suffixes: Sequence[Sequence[int]] | None = None, seeds=None,
+        self,
+        prompts: Sequence[Sequence[int]],
+        suffixes: Sequence[Sequence[int]] | None = None,
+        seeds=None,
         templates: Sequence[Sequence[int]] | None = None,
+        constraints: Sequence[Constraint | None] | None = None,
     ) -> list[int]:
-        """Join rows (prompt ids, optional suffix ids, optional answer templates: see `generate`); returns their
-        handles. `seeds`: None = the config's seed rule (an int seeds every row alike; None draws a random seed
-        per row), or one seed per prompt."""
+        """Join rows (prompt ids, optional suffix ids, optional answer templates or constraints: see `generate`);
+        returns their handles. `seeds`: None = the config's seed rule (an int seeds every row alike; None draws a
+        random seed per row), or one seed per prompt."""
         if not prompts:
             raise InputError("prompts", "pass at least one prompt")
         suffixes = suffixes if suffixes is not None else [[] for _ in prompts]
@@ -200,6 +209,7 @@ class Denoiser:
             raise InputError("suffixes", f"got {len(suffixes)} suffixes for {len(prompts)} prompts")
         G, dev = self.gen_length, self.device
         locks = template_locks(templates, len(prompts), G, self.free_id)
+        constraints = check_guides(constraints, len(prompts), locks)
         gens = _row_generators(len(prompts), self.config.seed if seeds is None else seeds, dev)
         rows_tokens, plens = [], []
         for i, (p, s) in enumerate(zip(prompts, suffixes)):
@@ -219,6 +229,7 @@ class Denoiser:
         handles = list(range(self.next_handle, self.next_handle + len(prompts)))
         self.next_handle += len(prompts)
         self.gens.update(zip(handles, gens))
+        self.guides.update((h, c.guide()) for h, c in zip(handles, constraints) if c is not None)
         length = max(self.length, max(len(r) for r in rows_tokens))
         grow = length - self.length
         if grow:  # existing rows (if any) are left-padded further: their slots move right
@@ -243,6 +254,7 @@ class Denoiser:
         gone = torch.isin(self.rows.handle, drop)
         for h in self.rows.handle[gone].tolist():
             self.gens.pop(h, None)
+            self.guides.pop(h, None)
         self._keep(torch.nonzero(~gone).flatten())
 
     def _keep(self, keep: torch.Tensor) -> None:
@@ -250,9 +262,14 @@ class Denoiser:
         self.rows = self.rows.select(keep)
 
     def generated(self) -> dict[int, list[int]]:
-        """Each live row's generated region as it stands (noise tokens where still noisy), by handle."""
+        """Each live row's generated region as it stands (noise tokens where still noisy), by handle. A constrained
+        row shows only what its grammar has accepted: tokens committed past its frontier may still go back."""
         idx = self.rows.gen_start[:, None] + torch.arange(self.gen_length, device=self.device)[None]
-        return dict(zip(self.rows.handle.tolist(), self.rows.tokens.gather(1, idx).tolist()))
+        out = dict(zip(self.rows.handle.tolist(), self.rows.tokens.gather(1, idx).tolist()))
+        for _, h, g in self._guided():
+            if self.free_id is not None:
+                out[h][g.consumed :] = [self.free_id] * (self.gen_length - g.consumed)
+        return out
 
     def pop_result(self, handle: int) -> dict:
         return self.results.pop(handle)
@@ -274,6 +291,7 @@ class Denoiser:
                 "finished_early": bool(early[j]),
             }
             self.gens.pop(h, None)
+            self.guides.pop(h, None)
 
     def _num_blocks(self) -> torch.Tensor:
         """(R,) blocks per row: one more when the first block is cut short (aligned blocks)."""
@@ -302,7 +320,47 @@ class Denoiser:
             decided = torch.where(r.noisy | (r.attention == 0), -1, r.tokens)
             for proc in self.logits_processors:
                 logits = proc(decided, logits, query_slots)
+        if self.guides:
+            self._mask_frontiers(logits, query_slots)
         return logits
+
+    def _guided(self):
+        """(row index, handle, guide) of the live rows under a constraint that still has positions to check."""
+        for j, h in enumerate(self.rows.handle.tolist()):
+            g = self.guides.get(h)
+            if g is not None and not g.closed:
+                yield j, h, g
+
+    def _mask_frontiers(self, logits: torch.Tensor, query_slots: torch.Tensor) -> None:
+        """A constrained row's frontier (its first generated position the grammar has not accepted) may only
+        take a token the grammar allows next."""
+        for j, _, g in self._guided():
+            col = torch.nonzero(query_slots[j] == self.rows.gen_start[j] + g.consumed).flatten()
+            if col.numel():
+                g.mask_(logits[j, int(col[-1])])
+
+    def _settle_guides(self) -> None:
+        """Feed each constrained row's newly settled tokens (from its frontier up to the first noisy position) to
+        its grammar; the first refused token and every settled token after it go back to noise. A grammar that
+        has ended (nothing but EOS may follow) ends the row: the rest of its region becomes EOS."""
+        r, G = self.rows, self.gen_length
+        for j, h, g in list(self._guided()):
+            start = int(r.gen_start[j])
+            noisy = r.noisy[j, start + g.consumed : start + G].tolist()
+            settled = noisy.index(True) if True in noisy else len(noisy)
+            g.accept(r.tokens[j, start + g.consumed : start + g.consumed + settled].tolist())
+            rest = torch.arange(start + g.consumed, start + G, device=self.device)
+            if g.stopped:
+                r.tokens[j, rest] = self.eos_id
+                r.noisy[j, rest] = False
+                g.closed = True
+            elif g.consumed >= G:
+                g.closed = True
+            elif not bool(r.noisy[j, start + g.consumed]):  # refused: it and what was settled after it go back
+                back = rest[~r.noisy[j, rest]]
+                noise = self.reverse.init_canvas(int(back.numel()), self.gens[h])
+                r.tokens[j, back] = torch.tensor(noise, device=self.device, dtype=r.tokens.dtype)
+                r.noisy[j, back] = True
 
     def step(self) -> list[int]:
         """One denoising step for every live row; returns the handles that finished (results in pop_result)."""
@@ -334,6 +392,8 @@ class Denoiser:
         out = self.reverse.step(ctx)
         r.tokens = r.tokens.scatter(1, query_slots, torch.where(candidates, out.tokens, ctx.tokens))
         r.noisy = r.noisy.scatter(1, query_slots, torch.where(candidates, out.noisy, r.noisy.gather(1, query_slots)))
+        if self.guides:
+            self._settle_guides()
         r.nfe += self.forwards_per_step
         r.steps_taken += 1
         block_before = r.block
@@ -363,8 +423,13 @@ class Denoiser:
             eos_done = _finish_at_eos(r, self.gen_length, self.eos_id)
             early = eos_done & ~done
             done = done | eos_done
-        # a row past its step budget (only a custom process that never settles) ends with what it has
-        done = done | (r.steps_taken.to(self.device) > num_blocks * self.steps_per_block)
+        # a row past its step budget (only a custom process that never settles) ends with what it has; a
+        # constrained row may take gen_length more steps (each accepts at least one token: see constraints.py)
+        budget = num_blocks * self.steps_per_block
+        if self.guides:
+            guided = torch.tensor([h in self.guides for h in r.handle.tolist()], device=self.device, dtype=torch.bool)
+            budget = budget + guided.long() * self.gen_length
+        done = done | (r.steps_taken.to(self.device) > budget)
         return done, early
 
 

@@ -2,7 +2,9 @@
 server-sent events), /v1/dlm/denoise (every step's canvas, for visualisation), /health, /metrics.
 
 Diffusion settings are extra body fields (steps, block_length, policy, threshold, cfg_scale, cache), validated
-like the OpenAI ones; a bad field gets a 400 whose `param` names it. `--api-key` requires
+like the OpenAI ones; a bad field gets a 400 whose `param` names it. Structured output: OpenAI's
+`response_format` (json_object, json_schema) or vLLM's `guided_regex` / `guided_grammar` (Lark), through
+llguidance for either kind of model; `template` locks text in the answer (a dlm extension). `--api-key` requires
 `Authorization: Bearer KEY` on /v1/*. A full queue answers 429 with Retry-After.
 
 Bad input never costs the server more than a bounded amount of work: bodies over `max_body_bytes` get a 413
@@ -29,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 
 from ..sampling.caches import check_cache
+from ..sampling.constraints import GrammarCompiler, StructuredOutput
 from .engine import Engine, Job, QueueFull
 from .errors import APIError, add_error_handlers
 from .limits import CHARS_PER_TOKEN, MAX_BODY_BYTES, APIKey, BodyLimit, check_chars, check_text, tokenize
@@ -109,8 +112,44 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
                            param, "too_many_completions")  # fmt: skip
         return cfg
 
+    grammars: list[GrammarCompiler] = []  # built on first use (~1 s), then shared
+
+    def _compile(spec: StructuredOutput):
+        if not grammars:
+            grammars.append(GrammarCompiler(tok, lm.model.config.vocab_size, tok.eos_token_id))
+        return grammars[0].compile(spec)
+
+    async def _row_extras(s: Settings, cfg) -> dict:
+        """The request's structured-output constraint (compiled off the event loop) and answer template."""
+        text_only = s.response_format is not None and s.response_format.type == "text"
+        given = [k for k in ("response_format", "guided_regex", "guided_grammar", "template")
+                 if getattr(s, k) is not None and not (k == "response_format" and text_only)]  # fmt: skip
+        if len(given) > 1:
+            raise APIError(400, f"{given[1]}: give one of response_format, guided_regex, guided_grammar, template "
+                                f"(got {', '.join(given)})", given[1])  # fmt: skip
+        if not given:
+            return {}
+        field = given[0]
+        if field == "template":
+            ids = await tokenize(lambda: tok.encode_template(s.template, "template"), "template")
+            if len(ids) > cfg.gen_length:
+                raise APIError(400, f"template: has {len(ids)} tokens; max_tokens allows {cfg.gen_length}", "template")
+            return {"template": ids}
+        if field == "guided_regex":
+            spec = StructuredOutput(regex=s.guided_regex, field=field)
+        elif field == "guided_grammar":
+            spec = StructuredOutput(grammar=s.guided_grammar, field=field)
+        elif s.response_format.type == "json_object":
+            spec = StructuredOutput(json_object=True, field="response_format")
+        else:
+            if s.response_format.json_schema is None:
+                raise APIError(400, "response_format.json_schema: required with type 'json_schema'",
+                               "response_format.json_schema")  # fmt: skip
+            spec = StructuredOutput(json=s.response_format.json_schema.schema_, field="response_format.json_schema")
+        return {"constraint": await tokenize(lambda: _compile(spec), field)}
+
     def _jobs(prompts_ids: list[list[int]], s: Settings, cfg, frames: bool, suffix: list[int] | None = None,
-              param: str = "prompt") -> list[Job]:  # fmt: skip
+              param: str = "prompt", extras: dict | None = None) -> list[Job]:  # fmt: skip
         loop = asyncio.get_running_loop()
         jobs = []
         for i, ids in enumerate(prompts_ids):
@@ -120,7 +159,8 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
                                "context_length_exceeded")  # fmt: skip
             for k in range(s.n):
                 seed = None if s.seed is None else s.seed + k
-                jobs.append(Job(ids, cfg, seed, frames, loop, asyncio.Queue(), timeout, suffix=suffix or []))
+                jobs.append(Job(ids, cfg, seed, frames, loop, asyncio.Queue(), timeout, suffix=suffix or [],
+                                **(extras or {})))  # fmt: skip
         try:
             engine.submit(jobs)
         except QueueFull:
@@ -225,7 +265,7 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
         for i, p in enumerate(prompts):
             _check_chars(p, "prompt" if isinstance(body.prompt, str) else f"prompt[{i}]")
         ids = await tokenize(lambda: [tok.encode_prompt(p) for p in prompts], "prompt")
-        jobs = _jobs(ids, body, cfg, body.stream)
+        jobs = _jobs(ids, body, cfg, body.stream, extras=await _row_extras(body, cfg))
         rid, now = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         base = {"id": rid, "object": "text_completion", "created": now, "model": model_name}
         if body.stream:
@@ -254,7 +294,7 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
         ids = await tokenize(
             lambda: tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)), "messages"
         )
-        jobs = _jobs([ids], body, cfg, body.stream, param="messages")
+        jobs = _jobs([ids], body, cfg, body.stream, param="messages", extras=await _row_extras(body, cfg))
         rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         base = {"id": rid, "object": "chat.completion", "created": now, "model": model_name}
         if body.stream:
@@ -294,7 +334,7 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
             _check_chars(body.suffix, "suffix", len(body.prompt) + len(body.suffix))
             suffix = await tokenize(lambda: tok.encode(body.suffix), "suffix")
         ids = await tokenize(lambda: tok.encode_prompt(body.prompt), "prompt")
-        (job,) = _jobs([ids], body, cfg, True, suffix)
+        (job,) = _jobs([ids], body, cfg, True, suffix, extras=await _row_extras(body, cfg))
         mask = lm.model.config.mask_token_id
 
         async def events():

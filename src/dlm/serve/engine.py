@@ -24,6 +24,7 @@ import torch
 
 from ..sampling import GenerationConfig
 from ..sampling.autoregressive import generate_autoregressive
+from ..sampling.constraints import Constraint
 from ..sampling.generate import Denoiser
 
 
@@ -53,6 +54,8 @@ class Job:
     handle: int | None = None
     steps: int = 0
     suffix: list[int] = field(default_factory=list)
+    template: list[int] | None = None  # answer template ids (mask id where the model writes)
+    constraint: Constraint | None = None  # compiled structured-output constraint
 
     def key(self) -> tuple:
         """Rows share a batch (one Denoiser, one config) only if every generation setting is equal. The seed is
@@ -147,7 +150,9 @@ class Engine:
                 self.running[key] = (Denoiser(self.lm.model, j.cfg, process=self.lm.process), {})
             d, members = self.running[key]
             seed = j.row_seed()  # explicit: the Denoiser's own config (the first row's) must not decide it
-            (h,) = d.add([j.ids], [j.suffix], seeds=[seed if seed is not None else _random_seed()])
+            tpl = None if j.template is None else [j.template]
+            (h,) = d.add([j.ids], [j.suffix], seeds=[seed if seed is not None else _random_seed()], templates=tpl,
+                         constraints=[j.constraint])  # fmt: skip
             j.handle = h
             members[h] = j
 
@@ -224,7 +229,11 @@ class Engine:
             self.causal_live = len(group)
             self._gauges()
             try:
-                out = generate_autoregressive(self.lm.model, [j.ids for j in group], cfg, streamer=on_step)
+                tpls = [j.template or [] for j in group] if any(j.template for j in group) else None
+                mask_id = getattr(self.lm.tokenizer, "mask_token_id", None)
+                out = generate_autoregressive(self.lm.model, [j.ids for j in group], cfg, streamer=on_step,
+                                              templates=tpls, mask_token_id=mask_id,
+                                              constraints=[j.constraint for j in group])  # fmt: skip
             except _Abandoned:
                 continue
             finally:

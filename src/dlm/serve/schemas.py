@@ -11,6 +11,29 @@ from ..sampling import POLICIES
 from ..sampling.caches import CACHES
 
 
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("response", max_length=64)
+    description: str | None = None
+    schema_: dict = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: free text, any JSON object, or JSON valid under a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_only_for_json_schema(cls, v, info):
+        if v is not None and info.data.get("type") != "json_schema":
+            raise ValueError("json_schema is given only with type 'json_schema'")
+        return v
+
+
 class Settings(BaseModel):
     """Fields shared by completions and chat completions."""
 
@@ -33,6 +56,12 @@ class Settings(BaseModel):
     cfg_scale: float | None = Field(None, ge=0.0, le=20.0)
     cache: str | None = None
     ignore_eos: bool = False  # as in vLLM: generate max_tokens even past EOS
+    # structured output: OpenAI's response_format, or vLLM's guided_regex / guided_grammar (Lark) extras
+    response_format: ResponseFormat | None = None
+    guided_regex: str | None = Field(None, min_length=1, max_length=4096)
+    guided_grammar: str | None = Field(None, min_length=1, max_length=65536)
+    # an answer template (dlm extension): text locked in place, "<|mask|>" for each token the model writes
+    template: str | None = Field(None, min_length=1, max_length=65536)
 
     @field_validator("policy", "cache")
     @classmethod
