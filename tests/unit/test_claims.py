@@ -104,6 +104,20 @@ def test_verdicts_follow_the_stated_rules():
     )  # 25 % fewer (paired p < 0.05), accuracy on known people held
 
 
+def _control(d: int, a: int, n: int = 20, free=(0, 0)) -> dict:
+    row = lambda k: {"n": n, "valid": [True] * k + [False] * (n - k), "nfe_mean": 15.0}  # noqa: E731
+    return {"constrained": {"diffusion": row(d), "ar": row(a)}, "free": {"diffusion": row(free[0]), "ar": row(free[1])}}
+
+
+def test_claim_5_compares_both_twins_under_the_same_constraint_engine():
+    verdict = lambda c: next(r for r in claims.verdicts({**_measurements(), "control": c}) if r["claim"] == 5)  # noqa: E731
+    five = verdict(_control(20, 20))
+    assert five["verdict"] == "refuted" and "20/20 vs 20/20" in five["measured"] and "p = 1" in five["measured"]
+    assert verdict(_control(20, 2))["verdict"] == "confirmed"  # 10x, McNemar p = 2 * 0.5^18
+    assert verdict(_control(6, 2))["verdict"] == "inconclusive"  # 3x, McNemar p = 0.125
+    assert verdict(_control(12, 10))["verdict"] == "refuted"  # 2x is out of reach
+
+
 def test_the_preregistered_setting_decides_not_the_best(tmp_path):
     m = _measurements()
     sud = m["tasks"]["sudoku"]

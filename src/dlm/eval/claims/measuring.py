@@ -46,6 +46,27 @@ def _infill(diff, ar, tasks) -> dict:
     return out
 
 
+def _functions(data: str) -> list[str]:
+    from .. import code
+    from ...training.data import expand_sources, iter_documents
+
+    sources = expand_sources([data], "--data")  # names the path when nothing matches
+    return code.extract_functions([d for _, d in iter_documents(sources) if isinstance(d, str)])
+
+
+def _control(diff, ar, functions, quick: bool) -> dict:
+    """Claim 5: JSON for a schema, free and under the same constraint engine, same items for both twins."""
+    from .. import code
+    from ..structured import control_items, evaluate_control
+
+    items = control_items(code.completion_tasks(functions, 8 if quick else 100, 1))
+    out = {}
+    for mode in ("constrained", "free"):
+        out[mode] = {name: evaluate_control(lm, items, constrained=mode == "constrained")
+                     for name, lm in (("diffusion", diff), ("ar", ar))}  # fmt: skip
+    return out
+
+
 TASK_N = {"sudoku": 100}  # a diffusion Sudoku answer costs 82 forwards of a 170-token canvas
 # Task twins that ship as built-in models: used when tasks_root holds no run of that task.
 BUILTIN_TWINS = {"sudoku": {"diffusion": "builtin-sudoku", "ar": "builtin-sudoku-ar"}}
@@ -228,7 +249,6 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
     from .. import code
     from ...builtin import resolve_model_path
     from ..quality import load_scorer
-    from ...training.data import expand_sources, iter_documents
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -238,13 +258,14 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
         log("tasks (speed, quality and infilling kept from the earlier measurements)")
         m["tasks"] = _tasks(Path(tasks_root), 10 if quick else 200, log)
         m["training"] = _training_curves(Path(tasks_root))
+        if "control" not in m:  # measured since: cheap, and needs only the built-in pair
+            log("control")
+            m["control"] = _control(dlm.load("builtin"), dlm.load("builtin-ar"), _functions(data), quick)
         m["seconds"] = earlier.get("seconds", 0.0) + time.perf_counter() - t0
         (out / "measurements.json").write_text(json.dumps(m, indent=1))
         return m
-    sources = expand_sources([data], "--data")  # names the path when nothing matches
     diff, ar = dlm.load("builtin"), dlm.load("builtin-ar")
-    texts = [d for _, d in iter_documents(sources) if isinstance(d, str)]
-    functions = code.extract_functions(texts)
+    functions = _functions(data)
     n = 8 if quick else 100
     m: dict = {"quick": quick, "machine": None, "conditions": {}}
     log("speed: dlm bench")
@@ -256,6 +277,8 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
     m["quality"] = _quality(diff, ar, load_scorer(scorer), prompts, temps, 16 if quick else 64)
     log("infilling")
     m["infill"] = _infill(diff, ar, code.infill_tasks(code.fit_to_model(diff, functions), n, 0, "line"))
+    log("control")
+    m["control"] = _control(diff, ar, functions, quick)
     log("tasks")
     m["tasks"] = _tasks(Path(tasks_root), 10 if quick else 200, log)
     m["training"] = _training_curves(Path(tasks_root))
