@@ -25,6 +25,9 @@ HELP = {
     "cache": "none | prefix | dual | block (block-causal models: exact).",
     "cache_refresh": "Also refresh the cache every N steps (0: at block starts only).",
     "compile": "torch.compile the forward.",
+    "remask": "Revision (ReMDM-style): per step, up to N committed tokens of the block below --remask-below go back "
+    "to mask (0: off).",
+    "remask_below": "Revision: only committed tokens whose probability under the step's forward is below this.",
 }
 INFILL_FIXED = ("gen_length", "stop_at_eos", "trim_at_eos")  # infilling sets these itself
 SCALARS = (bool, int, float, str)

@@ -105,6 +105,9 @@ class StepContext:
     noisy_at_block_start: torch.Tensor  # (R,) long: noisy positions in the region when the block started
     generators: Sequence[torch.Generator]  # each row's own generator
     uniform: Callable[..., torch.Tensor]  # uniform(*extra) -> (R, A, *extra) from each row's generator
+    # (R, A) bool: query slots already settled that the step may revise (send back to noise); only for a
+    # reverse process with `revises` set, else None (and the query slots are the still-noisy ones only)
+    settled: torch.Tensor | None = None
 
     @property
     def last_step(self) -> torch.Tensor:
@@ -120,7 +123,10 @@ class StepResult:
 
 class ReverseProcess:
     """One generation's reverse transition (built by `NoiseProcess.reverse`). Row-state hooks `reset` /
-    `extend` follow the loop's rows (continuous batching)."""
+    `extend` follow the loop's rows (continuous batching). `revises`: the step also gets the active block's
+    settled positions (`StepContext.settled`, never a template's locked ones) and may send them back to noise."""
+
+    revises = False
 
     def __init__(self, process: "NoiseProcess", config):
         self.process, self.config = process, config

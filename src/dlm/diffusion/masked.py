@@ -250,6 +250,7 @@ class MaskedReverse(ReverseProcess):
         check_choice("proposal", config.proposal, PROPOSALS)
         self.mask_id = process.mask_token_id
         self.policy = get_policy(config.policy, config)
+        self.revises = config.remask > 0
         steps = config.steps_per_block
         grid = torch.linspace(1, config.schedule_eps, steps + 1)
         self.fraction = process.schedule.unmask_fraction(grid[:-1], grid[1:]).float()
@@ -306,9 +307,13 @@ class MaskedReverse(ReverseProcess):
         logits[..., self.mask_id] = float("-inf")  # never propose the mask token
         remaining = cand.sum(1)
         fraction = self.fraction.to(logits.device)[ctx.step.clamp(max=ctx.steps - 1)]
+        remask = self._remask(ctx) if self.revises else None
+        count = self.commit_count(ctx, remaining, fraction)
+        if remask is not None:  # what goes back is committed again elsewhere: the schedule's progress holds
+            count = torch.minimum(count + remask.sum(1), remaining)
         s = StepInputs(
             logits=logits, probs=None, x0=None, x0_prob=None, candidates=cand,
-            num_to_commit=self.commit_count(ctx, remaining, fraction), uniform=lambda: ctx.uniform(cand),
+            num_to_commit=count, uniform=lambda: ctx.uniform(cand),
             rows=ctx.rows, positions=ctx.positions, step=ctx.step, fraction=fraction,
         )  # fmt: skip
         if self.policy.positions_first:
@@ -324,7 +329,21 @@ class MaskedReverse(ReverseProcess):
             best = s.x0_prob.masked_fill(~cand, -1.0).argmax(1)
             commit = commit | (F.one_hot(best, cand.shape[1]).bool() & none[:, None])
         tokens = torch.where(commit, s.x0, ctx.tokens)
-        return StepResult(tokens=tokens, noisy=cand & ~commit, changed=commit)
+        if remask is None:
+            return StepResult(tokens=tokens, noisy=cand & ~commit, changed=commit)
+        tokens = tokens.masked_fill(remask, self.mask_id)
+        return StepResult(tokens=tokens, noisy=(cand & ~commit) | remask, changed=commit | remask)
+
+    def _remask(self, ctx: StepContext) -> torch.Tensor:
+        """(R, A) bool: settled tokens that go back to mask this step: the `remask` least probable under this
+        step's forward, among those below `remask_below`; none on a block's last step."""
+        settled = ctx.settled & ~ctx.last_step[:, None]
+        conf = torch.softmax(ctx.logits, dim=-1).gather(-1, ctx.tokens[..., None]).squeeze(-1)
+        low = settled & (conf < self.config.remask_below)
+        order = conf.masked_fill(~low, float("inf")).argsort(dim=1, stable=True)
+        ranks = torch.arange(order.shape[1], device=order.device).expand_as(order)
+        rank = torch.empty_like(order).scatter_(1, order, ranks)
+        return low & (rank < self.config.remask)
 
 
 def perplexity(nll_sum: float, num_tokens: int) -> float:

@@ -33,6 +33,11 @@ class GenerationConfig:
     credit_alpha: float = 0.7  # credit: weight of the accumulated credit in the fused confidence
     credit_gamma: float = 0.2  # credit: each step adds p ** gamma to a position's credit
     credit_decay: float = 0.8  # credit: credit of a position decays by this factor per step
+    # revision (ReMDM-style remasking, arXiv 2503.00307; masked process): at every step but a block's last, up to
+    # `remask` committed tokens of the active block whose probability under this step's forward is below
+    # `remask_below` go back to mask (lowest first), and the step commits that many more, so the schedule holds
+    remask: int = 0
+    remask_below: float = 0.5
     # none (reference) | prefix | dual (approximate for bidirectional models, exact for block_causal ones) |
     # block (block_causal models: exact, append-only, never refreshed)
     cache: str = "none"
@@ -95,6 +100,9 @@ class GenerationConfig:
             raise ConfigError("credit_gamma", f"got {self.credit_gamma}; must be > 0")
         if not 0.0 <= self.credit_decay <= 1.0:
             raise ConfigError("credit_decay", f"got {self.credit_decay}; must be in [0, 1]")
+        check_positive("remask", self.remask, allow_zero=True)
+        if not 0.0 < self.remask_below <= 1.0:
+            raise ConfigError("remask_below", f"got {self.remask_below}; must be in (0, 1]")
         check_choice("schedule", self.schedule, COMMIT_SCHEDULES)
         check_choice("proposal", self.proposal, PROPOSALS)
         if not 0.0 <= self.schedule_eps < 1.0:

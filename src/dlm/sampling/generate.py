@@ -210,6 +210,8 @@ class Denoiser:
         G, dev = self.gen_length, self.device
         locks = template_locks(templates, len(prompts), G, self.free_id)
         constraints = check_guides(constraints, len(prompts), locks)
+        if self.reverse.revises and any(c is not None for c in constraints):
+            raise InputError("constraints", "a sampler that revises committed tokens (remask > 0) takes no constraint")
         gens = _row_generators(len(prompts), self.config.seed if seeds is None else seeds, dev)
         rows_tokens, plens = [], []
         for i, (p, s) in enumerate(zip(prompts, suffixes)):
@@ -262,10 +264,14 @@ class Denoiser:
         self.rows = self.rows.select(keep)
 
     def generated(self) -> dict[int, list[int]]:
-        """Each live row's generated region as it stands (noise tokens where still noisy), by handle. A constrained
-        row shows only what its grammar has accepted: tokens committed past its frontier may still go back."""
+        """Each live row's generated region as it stands (noise tokens where still noisy), by handle; tokens that
+        may still change show as noise too: a constrained row's past its frontier (its grammar has not accepted
+        them) and, when the process revises, the active block's."""
         idx = self.rows.gen_start[:, None] + torch.arange(self.gen_length, device=self.device)[None]
-        out = dict(zip(self.rows.handle.tolist(), self.rows.tokens.gather(1, idx).tolist()))
+        tokens = self.rows.tokens
+        if self.reverse.revises and self.free_id is not None and self.live:
+            tokens = tokens.masked_fill(self._active_region()[3], self.free_id)
+        out = dict(zip(self.rows.handle.tolist(), tokens.gather(1, idx).tolist()))
         for _, h, g in self._guided():
             if self.free_id is not None:
                 out[h][g.consumed :] = [self.free_id] * (self.gen_length - g.consumed)
@@ -371,11 +377,14 @@ class Denoiser:
         region_noisy = r.noisy & region
         remaining = region_noisy.sum(1)
         r.noisy_at_block_start = torch.where(r.step == 0, remaining, r.noisy_at_block_start)
-        # only the still-noisy positions of the region get logits: right-aligned per row in slot order, so what
-        # a row computes and draws never depends on the rest of the batch
-        width = max(int(remaining.max()), 1)
-        query_slots = torch.argsort(region_noisy.to(torch.int8), dim=1, stable=True)[:, -width:]
+        # only the still-noisy positions of the region get logits (and, for a process that revises, its settled
+        # ones but a template's): right-aligned per row in slot order, so what a row computes and draws never
+        # depends on the rest of the batch
+        query = region_noisy | (region & ~r.noisy & ~r.cfg_hidden) if self.reverse.revises else region_noisy
+        width = max(int(query.sum(1).max()), 1)
+        query_slots = torch.argsort(query.to(torch.int8), dim=1, stable=True)[:, -width:]
         candidates = region_noisy.gather(1, query_slots)
+        settled = (query & ~region_noisy).gather(1, query_slots) if self.reverse.revises else None
         gens = [self.gens[h] for h in r.handle.tolist()]
         ctx = StepContext(
             logits=self._logits(query_slots, block_start, block_end, with_text),
@@ -388,10 +397,12 @@ class Denoiser:
             noisy_at_block_start=r.noisy_at_block_start,
             generators=gens,
             uniform=lambda valid, *extra: _per_row_uniform(gens, valid, extra, dev),
+            settled=settled,
         )
         out = self.reverse.step(ctx)
-        r.tokens = r.tokens.scatter(1, query_slots, torch.where(candidates, out.tokens, ctx.tokens))
-        r.noisy = r.noisy.scatter(1, query_slots, torch.where(candidates, out.noisy, r.noisy.gather(1, query_slots)))
+        real = candidates if settled is None else candidates | settled
+        r.tokens = r.tokens.scatter(1, query_slots, torch.where(real, out.tokens, ctx.tokens))
+        r.noisy = r.noisy.scatter(1, query_slots, torch.where(real, out.noisy, r.noisy.gather(1, query_slots)))
         if self.guides:
             self._settle_guides()
         r.nfe += self.forwards_per_step
@@ -400,7 +411,7 @@ class Denoiser:
         done, early = self._advance(region)
         finished = r.handle[done].tolist()
         if self.streamer is not None:
-            changed = out.changed & candidates
+            changed = out.changed & real
             _emit(self.streamer, self.step_counter, r, block_before, query_slots, changed, finished)
         self.step_counter += 1
         if finished:

@@ -80,7 +80,7 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
             raise APIError(404, f"model {s.model!r} does not exist; this server serves {model_name!r}", "model",
                            "model_not_found")  # fmt: skip
         over = {"temperature": s.temperature, "top_p": s.top_p, "policy": s.policy, "threshold": s.threshold,
-                "cfg_scale": s.cfg_scale, "cache": s.cache}  # fmt: skip
+                "cfg_scale": s.cfg_scale, "cache": s.cache, "remask": s.remask}  # fmt: skip
         over = {k: v for k, v in over.items() if v is not None}
         if s.ignore_eos:
             over.update(stop_at_eos=False, trim_at_eos=False)

@@ -55,6 +55,7 @@ class Settings(BaseModel):
     threshold: float | None = Field(None, gt=0.0, le=1.0)
     cfg_scale: float | None = Field(None, ge=0.0, le=20.0)
     cache: str | None = None
+    remask: int | None = Field(None, ge=0, le=4096)  # ReMDM-style revision (see GenerationConfig)
     ignore_eos: bool = False  # as in vLLM: generate max_tokens even past EOS
     # structured output: OpenAI's response_format, or vLLM's guided_regex / guided_grammar (Lark) extras
     response_format: ResponseFormat | None = None
