@@ -42,6 +42,10 @@ def generate(
     grammar: Optional[Path] = typer.Option(
         None, "--grammar", help="The output must parse under this Lark grammar file (llguidance's Lark)."
     ),
+    steer: Optional[str] = typer.Option(
+        None, "--steer", help="A new prompt the denoising switches to at --steer-at (what is settled stays)."
+    ),
+    steer_at: Optional[int] = typer.Option(None, "--steer-at", help="The denoising step --steer takes effect at."),
     show_steps: bool = typer.Option(False, "--show-steps", help="Animate the denoising in the terminal."),
     as_json: bool = json_option("One JSON object per line per prompt."),
     dtype: Optional[str] = dtype_option(),
@@ -54,6 +58,10 @@ def generate(
     if system is not None and chat is None:
         raise InputError("--system", "only applies with --chat")
     structured = _structured_output(regex, json_schema, json_object, grammar)
+    if (steer is None) != (steer_at is None):
+        raise InputError("--steer" if steer is None else "--steer-at", "--steer and --steer-at go together")
+    if steer is not None and (chat is not None or show_steps):
+        raise InputError("--steer", "steers plain prompts, without --chat or --show-steps")
     if structured is not None and template is not None:
         raise InputError("--template", "takes no --regex/--json-schema/--json-object/--grammar with it")
     lm = load_model(model, dtype, device, gguf_file)
@@ -76,7 +84,8 @@ def generate(
             outs[0].prompt = chat
         else:
             tpls = None if template is None else [template] * len(prompts)
-            outs = lm.generate(prompts, cfg, streamer=streamer, templates=tpls, structured_output=structured)
+            outs = lm.generate(prompts, cfg, streamer=streamer, templates=tpls, structured_output=structured,
+                               steer=None if steer is None else (steer_at, steer))  # fmt: skip
     seconds = time.perf_counter() - t0
     for o in outs:
         if as_json:

@@ -109,16 +109,27 @@ class DiffusionLM:
         suffixes: list[str] | None = None,
         templates: list[str] | None = None,
         structured_output: StructuredOutput | dict | None = None,
+        steer: tuple[int, str | list[str]] | None = None,
         **overrides,
     ) -> list[Completion]:
         """Continue each prompt (and fill up to its suffix: infilling). `templates`: see chat_batch;
-        `structured_output`: what every completion must match (see chat_batch)."""
+        `structured_output`: what every completion must match (see chat_batch); `steer` = (step, new prompt(s)):
+        from that denoising step on, each row is denoised under its new prompt, what it has settled kept
+        (diffusion models)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = [self.tokenizer.encode_prompt(p) for p in prompts]
         sfx = [self.tokenizer.encode(s) for s in suffixes] if suffixes is not None else None
         tpl = self._templates(templates, len(prompts))
         cons = self._constraints([structured_output] * len(prompts))
-        return self._complete(prompts, ids, self.make_config(config, **overrides), streamer, sfx, tpl, cons)
+        st = None
+        if steer is not None:
+            if self.is_causal:
+                raise InputError("steer", "an autoregressive model cannot change its prompt mid-generation")
+            at, new = steer
+            new = [new] * len(prompts) if isinstance(new, str) else list(new)
+            st = (int(at), [self.tokenizer.encode_prompt(p) for p in new])
+        cfg = self.make_config(config, **overrides)
+        return self._complete(prompts, ids, cfg, streamer, sfx, tpl, cons, st)
 
     def _constraints(self, specs) -> list | None:
         if all(s is None for s in specs):
@@ -183,7 +194,8 @@ class DiffusionLM:
         cons = self._constraints(structured_outputs or [None] * len(conversations))
         return self._complete(texts, ids, self.make_config(config, **overrides), streamer, None, tpl, cons)
 
-    def _complete(self, prompts, ids, cfg, streamer, sfx, templates=None, constraints=None) -> list[Completion]:
+    def _complete(self, prompts, ids, cfg, streamer, sfx, templates=None, constraints=None,
+                  steer=None) -> list[Completion]:  # fmt: skip
         if self.is_causal:  # the AR twin: left-to-right with a KV cache
             if sfx is not None:
                 raise InputError(
@@ -197,7 +209,7 @@ class DiffusionLM:
         else:
             out = generate(self.model, ids, cfg, suffixes=sfx, streamer=streamer, process=self.process,
                            templates=templates, mask_token_id=self.tokenizer.mask_token_id,
-                           constraints=constraints)  # fmt: skip
+                           constraints=constraints, steer=steer)  # fmt: skip
         return [
             Completion(
                 p,

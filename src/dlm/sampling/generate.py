@@ -101,6 +101,7 @@ def generate(
     logits_processors: Sequence[Callable] = (),
     max_length: int | None = None,
     process: NoiseProcess | None = None,
+    steer: tuple[int, Sequence[Sequence[int]]] | None = None,
 ) -> GenerationOutput:
     """Generate `gen_length` tokens after each prompt (and before its optional suffix: infilling) by running
     `process`'s reverse transition (default: masked diffusion with the model's mask token).
@@ -110,7 +111,9 @@ def generate(
     the mask token is kept as given (never noised or changed); mask ids are generated (as is the region past
     the template). `constraints` (one per prompt, a compiled `Constraint` or None): the generated region must
     match it (regex, JSON Schema, grammar; see `dlm.sampling.constraints` for the rule that keeps this sound
-    in any decoding order). Prompts of different lengths are left-padded and carry an attention mask.
+    in any decoding order). `steer` = (step, new prompts): before that denoising step every row still running
+    switches to its new prompt (`Denoiser.steer`: what it has settled stays). Prompts of different lengths are
+    left-padded and carry an attention mask.
     """
     d = Denoiser(model, config, mask_token_id=mask_token_id, eos_token_id=eos_token_id, streamer=streamer,
                  logits_processors=logits_processors, max_length=max_length, process=process)  # fmt: skip
@@ -118,8 +121,15 @@ def generate(
         prompts = prompts.tolist()
     t0 = time.perf_counter()
     handles = d.add(prompts, suffixes, templates=templates, constraints=constraints)
+    if steer is not None and len(steer[1]) != len(handles):
+        raise InputError("steer", f"got {len(steer[1])} new prompts for {len(handles)} prompts")
+    step = 0
     while d.live:
+        if steer is not None and step == steer[0]:
+            live = set(d.rows.handle.tolist())
+            handles = [d.steer(h, p) if h in live else h for h, p in zip(handles, steer[1])]
         d.step()
+        step += 1
     if d.streamer is not None:
         d.streamer.on_end()
     res = [d.pop_result(h) for h in handles]
@@ -258,6 +268,38 @@ class Denoiser:
             self.gens.pop(h, None)
             self.guides.pop(h, None)
         self._keep(torch.nonzero(~gone).flatten())
+
+    def steer(self, handle: int, prompt: Sequence[int]) -> int:
+        """Change a row's instruction mid-denoising (between steps): from the next step on the model sees `prompt`
+        instead of the row's prompt. What the row has settled stays (locked, as a template's text), its noisy
+        positions go on being denoised under the new prompt, on the same schedule (block, step in the block) and
+        with the same random generator. Returns the row's new handle (its result is popped under that one);
+        nfe and steps count the whole generation."""
+        hit = torch.nonzero(self.rows.handle == handle).flatten()
+        if not hit.numel():
+            raise InputError("handle", f"no live row {handle}")
+        if handle in self.guides:
+            raise InputError("handle", "a row under a constraint cannot be steered")
+        if self.free_id is None:
+            raise InputError("mask_token_id", "steering keeps what is settled as a template: it needs a mask id")
+        r, j, G = self.rows, int(hit[0]), self.gen_length
+        g0, pad = int(r.gen_start[j]), int(r.pad[j])
+        if self.align and len(prompt) % self.align != (g0 - pad) % self.align:
+            # a block-causal network's blocks sit at fixed positions: the region may not move across them
+            raise InputError("prompt", "a block-causal model's blocks sit at fixed positions: steer with a prompt of "
+                             f"the same length modulo the block length ({self.align})")  # fmt: skip
+        region, noisy = r.tokens[j, g0 : g0 + G].tolist(), r.noisy[j, g0 : g0 + G].tolist()
+        template = [self.free_id if n else t for t, n in zip(region, noisy)]
+        suffix = r.tokens[j, g0 + G :].tolist()
+        carry = {k: getattr(r, k)[j].clone() for k in ("block", "step", "noisy_at_block_start", "nfe", "steps_taken")}
+        gen = self.gens[handle]
+        self.cancel([handle])
+        (h,) = self.add([prompt], [suffix], seeds=[0], templates=[template])
+        self.gens[h] = gen  # the row's own random stream goes on
+        k = self.live - 1  # add() appends the new row last
+        for name, v in carry.items():
+            getattr(self.rows, name)[k] = v.to(getattr(self.rows, name).device)
+        return h
 
     def _keep(self, keep: torch.Tensor) -> None:
         self.runner.select_rows(keep, self.live)
