@@ -6,7 +6,9 @@ functions (valid split, seed 2); 64 tokens in one block, 64 steps, greedy; two i
 before the signature, with the attribute it asks for: "# loop over the items with a for loop" (the completion
 holds a `for ... in` loop) and "# check the arguments and raise ValueError" (it holds `raise`; added after a
 10-item smoke run of the first showed 0/10 in every condition, before any run of this one).
-Conditions: no instruction; the instruction from the start; steered to it after 1/4 and after 1/2 of the steps.
+Conditions: no instruction; the instruction from the start; steered to it after 1/4 and after 1/2 of the steps;
+the instruction from the start with attribute guidance (classifier-free guidance whose unconditional pass hides
+only the instruction, cfg_scale 1: twice the forwards).
 Each against "no instruction" on the same items: McNemar exact.
 
     python benchmarks/steering.py [--model builtin] [-n 100] [--data data/python/valid.jsonl] [--out FILE]
@@ -44,7 +46,7 @@ def main(argv=None) -> int:
     sigs = code.completion_tasks(code.extract_functions(texts), a.n, 2)
     G = a.gen_length
     conditions = {"no instruction": None, "instruction from the start": 0, f"steered at step {G // 4}": G // 4,
-                  f"steered at step {G // 2}": G // 2}  # fmt: skip
+                  f"steered at step {G // 2}": G // 2, "instruction + attribute guidance (cfg 1)": "guide"}  # fmt: skip
     results, rows, t0 = {}, [], time.perf_counter()
     kw = dict(gen_length=G, steps=G, block_length=G, temperature=0.0)
     plain = [o.text for i in range(0, len(sigs), a.batch) for o in lm.generate(sigs[i : i + a.batch], **kw)]
@@ -54,7 +56,12 @@ def main(argv=None) -> int:
             for i in range(0, len(sigs), a.batch) if at is not None else ():
                 batch = sigs[i : i + a.batch]
                 steered = [instruction + s for s in batch]
-                outs = lm.generate(steered, **kw) if at == 0 else lm.generate(batch, steer=(at, steered), **kw)
+                if at == "guide":
+                    outs = lm.generate(batch, guide_with=instruction, cfg_scale=1.0, **kw)
+                elif at == 0:
+                    outs = lm.generate(steered, **kw)
+                else:
+                    outs = lm.generate(batch, steer=(at, steered), **kw)
                 texts_out += [o.text for o in outs]
             hits = [bool(pattern.search(t)) for t in texts_out]
             results[f"{attr}: {name}"] = {"hits": hits, "examples": texts_out[:2]}

@@ -77,3 +77,22 @@ def test_cli_steer():
     assert r.exit_code == 0 and r.output.startswith("def total(items):"), r.output
     r = CliRunner().invoke(app, ["generate", "x", "--steer", "y"])
     assert r.exit_code != 0 and "--steer-at" in r.output
+
+
+def test_attribute_guidance_hides_only_the_instruction(lm):
+    tok = lm.tokenizer
+    instr, prompt = "# raise ValueError\n", "def check(x):\n"
+    head = tok.encode(instr)
+    d = Denoiser(lm.model, GenerationConfig(gen_length=16, steps=16, cfg_scale=1.0), mask_token_id=tok.mask_token_id)
+    d.add([head + tok.encode(prompt)], cfg_hide=[list(range(len(head)))])
+    hidden = d.rows.cfg_hidden[0].nonzero().flatten().tolist()
+    assert hidden == list(range(len(head)))  # not the signature, not the generated region
+    kw = dict(gen_length=16, steps=16)
+    guided = lm.generate(prompt, guide_with=instr, cfg_scale=1.0, **kw)[0]
+    unguided = lm.generate(instr + prompt, cfg_scale=0.0, **kw)[0]
+    whole = lm.generate(instr + prompt, cfg_scale=1.0, **kw)[0]  # standard CFG hides the whole prompt
+    assert guided.nfe == 2 * unguided.nfe and guided.tokens != whole.tokens
+    assert lm.generate(prompt, guide_with=instr, cfg_scale=0.0, **kw)[0].tokens == unguided.tokens
+    with pytest.raises(InputError) as e:
+        d.add([tok.encode(prompt)], cfg_hide=[[99]])
+    assert e.value.field == "cfg_hide[0]"

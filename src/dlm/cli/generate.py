@@ -46,6 +46,10 @@ def generate(
         None, "--steer", help="A new prompt the denoising switches to at --steer-at (what is settled stays)."
     ),
     steer_at: Optional[int] = typer.Option(None, "--steer-at", help="The denoising step --steer takes effect at."),
+    guide_with: Optional[str] = typer.Option(
+        None, "--guide-with",
+        help="An instruction put before the prompt that classifier-free guidance (--cfg-scale > 0) pushes toward.",
+    ),  # fmt: skip
     show_steps: bool = typer.Option(False, "--show-steps", help="Animate the denoising in the terminal."),
     as_json: bool = json_option("One JSON object per line per prompt."),
     dtype: Optional[str] = dtype_option(),
@@ -62,6 +66,8 @@ def generate(
         raise InputError("--steer" if steer is None else "--steer-at", "--steer and --steer-at go together")
     if steer is not None and (chat is not None or show_steps):
         raise InputError("--steer", "steers plain prompts, without --chat or --show-steps")
+    if guide_with is not None and chat is not None:
+        raise InputError("--guide-with", "guides plain prompts, not --chat")
     if structured is not None and template is not None:
         raise InputError("--template", "takes no --regex/--json-schema/--json-object/--grammar with it")
     lm = load_model(model, dtype, device, gguf_file)
@@ -85,7 +91,7 @@ def generate(
         else:
             tpls = None if template is None else [template] * len(prompts)
             outs = lm.generate(prompts, cfg, streamer=streamer, templates=tpls, structured_output=structured,
-                               steer=None if steer is None else (steer_at, steer))  # fmt: skip
+                               steer=None if steer is None else (steer_at, steer), guide_with=guide_with)  # fmt: skip
     seconds = time.perf_counter() - t0
     for o in outs:
         if as_json:

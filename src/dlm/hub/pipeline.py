@@ -110,14 +110,26 @@ class DiffusionLM:
         templates: list[str] | None = None,
         structured_output: StructuredOutput | dict | None = None,
         steer: tuple[int, str | list[str]] | None = None,
+        guide_with: str | None = None,
         **overrides,
     ) -> list[Completion]:
         """Continue each prompt (and fill up to its suffix: infilling). `templates`: see chat_batch;
         `structured_output`: what every completion must match (see chat_batch); `steer` = (step, new prompt(s)):
         from that denoising step on, each row is denoised under its new prompt, what it has settled kept
-        (diffusion models)."""
+        (diffusion models). `guide_with`: an instruction put before each prompt that classifier-free guidance
+        (cfg_scale > 0) pushes toward: the unconditional pass hides only the instruction (attribute guidance)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = [self.tokenizer.encode_prompt(p) for p in prompts]
+        hide = None
+        if guide_with is not None:
+            if self.is_causal:
+                raise InputError("guide_with", "attribute guidance needs a diffusion model")
+            head = self.tokenizer.encode_prompt(guide_with)  # what starts a sequence (a BOS for some tokenizers)
+            n = len(self.tokenizer.encode(guide_with, parse_special=False))
+            if not n:
+                raise InputError("guide_with", "is empty")
+            ids = [head + self.tokenizer.encode(p) for p in prompts]
+            hide = [list(range(len(head) - n, len(head)))] * len(ids)
         sfx = [self.tokenizer.encode(s) for s in suffixes] if suffixes is not None else None
         tpl = self._templates(templates, len(prompts))
         cons = self._constraints([structured_output] * len(prompts))
@@ -129,7 +141,7 @@ class DiffusionLM:
             new = [new] * len(prompts) if isinstance(new, str) else list(new)
             st = (int(at), [self.tokenizer.encode_prompt(p) for p in new])
         cfg = self.make_config(config, **overrides)
-        return self._complete(prompts, ids, cfg, streamer, sfx, tpl, cons, st)
+        return self._complete(prompts, ids, cfg, streamer, sfx, tpl, cons, st, hide)
 
     def _constraints(self, specs) -> list | None:
         if all(s is None for s in specs):
@@ -195,7 +207,7 @@ class DiffusionLM:
         return self._complete(texts, ids, self.make_config(config, **overrides), streamer, None, tpl, cons)
 
     def _complete(self, prompts, ids, cfg, streamer, sfx, templates=None, constraints=None,
-                  steer=None) -> list[Completion]:  # fmt: skip
+                  steer=None, cfg_hide=None) -> list[Completion]:  # fmt: skip
         if self.is_causal:  # the AR twin: left-to-right with a KV cache
             if sfx is not None:
                 raise InputError(
@@ -209,7 +221,7 @@ class DiffusionLM:
         else:
             out = generate(self.model, ids, cfg, suffixes=sfx, streamer=streamer, process=self.process,
                            templates=templates, mask_token_id=self.tokenizer.mask_token_id,
-                           constraints=constraints, steer=steer)  # fmt: skip
+                           constraints=constraints, steer=steer, cfg_hide=cfg_hide)  # fmt: skip
         return [
             Completion(
                 p,

@@ -102,6 +102,7 @@ def generate(
     max_length: int | None = None,
     process: NoiseProcess | None = None,
     steer: tuple[int, Sequence[Sequence[int]]] | None = None,
+    cfg_hide: Sequence[Sequence[int] | None] | None = None,
 ) -> GenerationOutput:
     """Generate `gen_length` tokens after each prompt (and before its optional suffix: infilling) by running
     `process`'s reverse transition (default: masked diffusion with the model's mask token).
@@ -112,15 +113,15 @@ def generate(
     the template). `constraints` (one per prompt, a compiled `Constraint` or None): the generated region must
     match it (regex, JSON Schema, grammar; see `dlm.sampling.constraints` for the rule that keeps this sound
     in any decoding order). `steer` = (step, new prompts): before that denoising step every row still running
-    switches to its new prompt (`Denoiser.steer`: what it has settled stays). Prompts of different lengths are
-    left-padded and carry an attention mask.
+    switches to its new prompt (`Denoiser.steer`: what it has settled stays). `cfg_hide`: see `Denoiser.add`.
+    Prompts of different lengths are left-padded and carry an attention mask.
     """
     d = Denoiser(model, config, mask_token_id=mask_token_id, eos_token_id=eos_token_id, streamer=streamer,
                  logits_processors=logits_processors, max_length=max_length, process=process)  # fmt: skip
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.tolist()
     t0 = time.perf_counter()
-    handles = d.add(prompts, suffixes, templates=templates, constraints=constraints)
+    handles = d.add(prompts, suffixes, templates=templates, constraints=constraints, cfg_hide=cfg_hide)
     if steer is not None and len(steer[1]) != len(handles):
         raise InputError("steer", f"got {len(steer[1])} new prompts for {len(handles)} prompts")
     step = 0
@@ -208,10 +209,13 @@ class Denoiser:
         seeds=None,
         templates: Sequence[Sequence[int]] | None = None,
         constraints: Sequence[Constraint | None] | None = None,
+        cfg_hide: Sequence[Sequence[int] | None] | None = None,
     ) -> list[int]:
         """Join rows (prompt ids, optional suffix ids, optional answer templates or constraints: see `generate`);
         returns their handles. `seeds`: None = the config's seed rule (an int seeds every row alike; None draws a
-        random seed per row), or one seed per prompt."""
+        random seed per row), or one seed per prompt. `cfg_hide` (per row, None or positions in its prompt): what
+        classifier-free guidance's unconditional pass hides instead of the whole prompt: guidance then pushes
+        toward what those tokens say (an instruction before the prompt: attribute guidance)."""
         if not prompts:
             raise InputError("prompts", "pass at least one prompt")
         suffixes = suffixes if suffixes is not None else [[] for _ in prompts]
@@ -246,8 +250,13 @@ class Denoiser:
         grow = length - self.length
         if grow:  # existing rows (if any) are left-padded further: their slots move right
             self.rows.left_pad(grow, self.pad_id)
+        if cfg_hide is not None and len(cfg_hide) != len(prompts):
+            raise InputError("cfg_hide", f"got {len(cfg_hide)} for {len(prompts)} prompts")
+        for i, ks in enumerate(cfg_hide or []):
+            if ks is not None and any(not 0 <= int(k) < plens[i] for k in ks):
+                raise InputError(f"cfg_hide[{i}]", f"positions must lie in the prompt (0..{plens[i] - 1})")
         new = Rows.start(handles, rows_tokens, plens, length, G, self.pad_id, self.reverse.noisy_in_text, dev,
-                         self.align, [list(lk) for lk in locks])  # fmt: skip
+                         self.align, [list(lk) for lk in locks], cfg_hide)  # fmt: skip
         if self.runner is None:
             self.runner = ModelRunner(self.model, self.config, self.reverse.unconditional, length, dev)
             self.reverse.reset(self.next_handle, length, dev)
@@ -422,7 +431,7 @@ class Denoiser:
         # only the still-noisy positions of the region get logits (and, for a process that revises, its settled
         # ones but a template's): right-aligned per row in slot order, so what a row computes and draws never
         # depends on the rest of the batch
-        query = region_noisy | (region & ~r.noisy & ~r.cfg_hidden) if self.reverse.revises else region_noisy
+        query = region_noisy | (region & ~r.noisy & ~r.locked) if self.reverse.revises else region_noisy
         width = max(int(query.sum(1).max()), 1)
         query_slots = torch.argsort(query.to(torch.int8), dim=1, stable=True)[:, -width:]
         candidates = region_noisy.gather(1, query_slots)

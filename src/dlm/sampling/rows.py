@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 # fields that hold a canvas slot per column (left padding moves them right)
 _SLOT_FIELDS = {"tokens": "pad", "attention": 0, "positions": 0, "cfg_hidden": False, "text_noise": False,
-                "noisy": False}  # fmt: skip
+                "noisy": False, "locked": False}  # fmt: skip
 
 
 @dataclass
@@ -23,6 +23,7 @@ class Rows:
     cfg_hidden: torch.Tensor  # (R, L) bool: what CFG's unconditional pass hides (prompt and suffix text)
     text_noise: torch.Tensor  # (R, L) bool: noise positions inside the user's text (filled with block 0)
     noisy: torch.Tensor  # (R, L) bool: still noisy (the process updates it every step)
+    locked: torch.Tensor  # (R, L) bool: a template's text inside the generated region (never noised or revised)
     gen_start: torch.Tensor  # (R,) long: first slot of the generated region
     pad: torch.Tensor  # (R,) long: left-padding slots
     has_text_noise: torch.Tensor  # (R,) bool: the row has noise inside its text
@@ -42,7 +43,7 @@ class Rows:
         z1 = torch.zeros(0, dtype=torch.long, device=device)
         z2 = torch.zeros((0, 0), dtype=torch.long, device=device)
         b1, b2 = z1.bool(), z2.bool()
-        return cls(z1, z2, z2, z2, b2, b2, b2, z1, z1, b1, z1, z1, z1, z1, z1.cpu(), z1.cpu())
+        return cls(z1, z2, z2, z2, b2, b2, b2, b2, z1, z1, b1, z1, z1, z1, z1, z1.cpu(), z1.cpu())
 
     @classmethod
     def start(
@@ -57,11 +58,13 @@ class Rows:
         device,
         align: int = 0,
         locked: Sequence[Sequence[int]] | None = None,
+        hide: Sequence[Sequence[int] | None] | None = None,
     ) -> "Rows":
         """New rows: each canvas right-aligned in `length` slots; the generated region starts noisy except where
         `locked` (per row, positions inside the generated region: a template's text) says. With `align`
         (a block length) blocks sit at multiples of it in position space: the first block is cut short to the
-        next boundary (the block-causal network's own blocks)."""
+        next boundary (the block-causal network's own blocks). `hide` (per row, None or prompt positions): what
+        CFG's unconditional pass hides instead of the whole prompt, suffix and locked text (attribute guidance)."""
         n = len(rows_tokens)
         tokens = torch.full((n, length), pad_id, dtype=torch.long, device=device)
         attention = torch.zeros((n, length), dtype=torch.long, device=device)
@@ -78,15 +81,22 @@ class Rows:
         for i, ks in enumerate(locked or []):
             if len(ks):
                 fixed[i, gen_start[i] + torch.tensor(list(ks), device=device)] = True
+        cfg_hidden = real & (~in_gen | fixed) & ~text_noise
+        for i, ks in enumerate(hide or []):
+            if ks is not None:
+                cfg_hidden[i] = False
+                if len(ks):
+                    cfg_hidden[i, pad[i] + torch.tensor(list(ks), device=device)] = True
         zeros = torch.zeros(n, dtype=torch.long, device=device)
         return cls(
             handle=torch.tensor(list(handles), device=device),
             tokens=tokens,
             attention=attention,
             positions=(attention.cumsum(1) - 1).clamp(min=0),
-            cfg_hidden=real & (~in_gen | fixed) & ~text_noise,
+            cfg_hidden=cfg_hidden,
             text_noise=text_noise,
             noisy=(in_gen & ~fixed) | text_noise,
+            locked=fixed,
             gen_start=gen_start,
             pad=pad,
             has_text_noise=text_noise.any(1),
