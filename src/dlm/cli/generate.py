@@ -184,8 +184,8 @@ class _TerminalStreamer(Streamer):
     def on_step(self, ev):
         for j, r in enumerate(ev.rows):
             for p, t in zip(ev.positions[j], ev.tokens[j]):
-                if 0 <= p < len(self.rows[r]["canvas"]):
-                    self.rows[r]["canvas"][p] = t
+                if 0 <= p < len(self.rows[r]["canvas"]):  # a revised (remasked) position shows as a mask again
+                    self.rows[r]["canvas"][p] = None if t == self.tok.mask_token_id else t
         self.live.update(self._render())
         time.sleep(float(os.environ.get("DLM_SHOW_STEPS_DELAY", "0.03")))
 
