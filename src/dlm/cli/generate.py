@@ -198,7 +198,10 @@ class _TerminalStreamer(Streamer):
 def infill(
     prefix: str = typer.Option(..., "--prefix"),
     suffix: str = typer.Option(..., "--suffix"),
-    length: int = typer.Option(..., "--length", help="Number of tokens to fill between prefix and suffix."),
+    length: Optional[int] = typer.Option(
+        None, "--length", help="Number of tokens to fill between prefix and suffix (default: the model chooses)."
+    ),
+    max_length: int = typer.Option(24, "--max-length", help="Without --length: the longest fill tried."),
     model: str = model_option(),
     sampling: dict = ...,
     as_json: bool = json_option(),
@@ -206,12 +209,18 @@ def infill(
     device: str = device_option(),
     gguf_file: Optional[str] = gguf_option(),
 ):
-    """Fill LENGTH tokens between a prefix and a suffix."""
-    check_at_least_one("--length", length)
+    """Fill LENGTH tokens between a prefix and a suffix (without --length, the model chooses how many)."""
+    if length is not None:
+        check_at_least_one("--length", length)
+    check_at_least_one("--max-length", max_length)
     lm = load_model(model, dtype, device, gguf_file)
     # steps=None stays explicit: the fill then takes min(the model's steps, LENGTH) steps
-    o = lm.infill(prefix, suffix, length, **{"steps": None, **given(sampling)})
+    try:
+        o = lm.infill(prefix, suffix, length, max_length=max_length, **{"steps": None, **given(sampling)})
+    except InputError as e:
+        raise InputError("--length" if e.field == "length" else e.field, str(e).split(": ", 1)[-1]) from None
     if as_json:
-        echo_json({"prefix": prefix, "suffix": suffix, "text": o.text, "nfe": o.nfe, "seconds": round(o.seconds, 4)})
+        echo_json({"prefix": prefix, "suffix": suffix, "text": o.text, "tokens": len(o.tokens), "nfe": o.nfe,
+                   "seconds": round(o.seconds, 4)})  # fmt: skip
     else:
         typer.echo(prefix + o.text + suffix)

@@ -236,17 +236,51 @@ class DiffusionLM:
         ]
 
     def infill(
-        self, prefix: str, suffix: str, length: int, *, prefix_only: bool | None = None, **overrides
-    ) -> Completion:
+        self, prefix: str, suffix: str, length: int | None, *, prefix_only: bool | None = None,
+        max_length: int = 24, **overrides,
+    ) -> Completion:  # fmt: skip
         """Fill `length` tokens between prefix and suffix. A causal model can only continue the prefix:
-        pass prefix_only=True (the default for causal models) to get that, for contrast."""
+        pass prefix_only=True (the default for causal models) to get that, for contrast.
+
+        `length=None`: the model chooses the length. Every length from 1 to `max_length` is filled, and the fill
+        after which the model finds the suffix's first tokens most likely wins (one more forward per length, the
+        suffix's first 4 tokens masked: the fill that leads into the suffix). The rule was chosen on the valid
+        split among six (BENCHMARKS.md); it costs max_length fills. Needs a model that sees the suffix."""
         prefix_only = self.is_causal if prefix_only is None else prefix_only
         if self.is_causal and not prefix_only:
             raise InputError("prefix_only", "a causal model cannot see the suffix; pass prefix_only=True")
+        if length is None:
+            if prefix_only or getattr(self.model.config, "attention", None) != "bidirectional":
+                raise InputError("length", "choosing the length needs a model that sees the suffix (full attention)")
+            if not isinstance(max_length, int) or max_length < 1:
+                raise InputError("max_length", f"got {max_length!r}; must be a positive integer")
+            fills = [self.infill(prefix, suffix, n, prefix_only=False, **overrides) for n in range(1, max_length + 1)]
+            scores = [self._suffix_logprob(prefix, f.tokens, suffix) for f in fills]
+            best = max(range(len(fills)), key=lambda i: scores[i])
+            out = fills[best]
+            out.nfe = sum(f.nfe for f in fills) + len(fills)
+            out.steps = sum(f.steps for f in fills)
+            out.seconds = sum(f.seconds for f in fills)
+            return out
         overrides.setdefault("block_length", length)
         overrides.setdefault("steps", length)
         cfg = self.make_config(None, gen_length=length, trim_at_eos=False, stop_at_eos=False, **overrides)
         return self.generate([prefix], cfg, suffixes=None if prefix_only else [suffix])[0]
+
+    @torch.no_grad()
+    def _suffix_logprob(self, prefix: str, fill: list[int], suffix: str, k: int = 4) -> float:
+        """log p(the suffix's first k tokens | prefix, fill, rest of the suffix), those k masked: one forward."""
+        p, sfx = self.tokenizer.encode_prompt(prefix), self.tokenizer.encode(suffix)
+        k = min(k, len(sfx))
+        if not k:
+            return 0.0
+        start = len(p) + len(fill)
+        x = torch.tensor([p + list(fill) + [self.tokenizer.mask_token_id] * k + sfx[k:]], device=self.device)
+        idx = torch.arange(start, start + k, device=self.device)
+        if getattr(self.model.config, "shift_logits", False):  # logits at i-1 predict token i
+            idx = idx - 1
+        logp = self.model(x, logits_index=idx[None]).float().log_softmax(-1)[0]
+        return float(logp.gather(-1, torch.tensor(sfx[:k], device=self.device)[:, None]).sum())
 
     @property
     def process(self):
