@@ -242,6 +242,11 @@ class Denoiser:
                 region[k] = t
             rows_tokens.append(p + region + s)
             plens.append(len(p))
+        if cfg_hide is not None and len(cfg_hide) != len(prompts):
+            raise InputError("cfg_hide", f"got {len(cfg_hide)} for {len(prompts)} prompts")
+        for i, ks in enumerate(cfg_hide or []):
+            if ks is not None and any(not 0 <= int(k) < plens[i] for k in ks):
+                raise InputError(f"cfg_hide[{i}]", f"positions must lie in the prompt (0..{plens[i] - 1})")
         handles = list(range(self.next_handle, self.next_handle + len(prompts)))
         self.next_handle += len(prompts)
         self.gens.update(zip(handles, gens))
@@ -250,11 +255,6 @@ class Denoiser:
         grow = length - self.length
         if grow:  # existing rows (if any) are left-padded further: their slots move right
             self.rows.left_pad(grow, self.pad_id)
-        if cfg_hide is not None and len(cfg_hide) != len(prompts):
-            raise InputError("cfg_hide", f"got {len(cfg_hide)} for {len(prompts)} prompts")
-        for i, ks in enumerate(cfg_hide or []):
-            if ks is not None and any(not 0 <= int(k) < plens[i] for k in ks):
-                raise InputError(f"cfg_hide[{i}]", f"positions must lie in the prompt (0..{plens[i] - 1})")
         new = Rows.start(handles, rows_tokens, plens, length, G, self.pad_id, self.reverse.noisy_in_text, dev,
                          self.align, [list(lk) for lk in locks], cfg_hide)  # fmt: skip
         if self.runner is None:
@@ -300,6 +300,9 @@ class Denoiser:
         region, noisy = r.tokens[j, g0 : g0 + G].tolist(), r.noisy[j, g0 : g0 + G].tolist()
         template = [self.free_id if n else t for t, n in zip(region, noisy)]
         suffix = r.tokens[j, g0 + G :].tolist()
+        if self.max_length and len(prompt) + G + len(suffix) > self.max_length:  # checked before the row leaves
+            raise InputError("prompt", f"prompt ({len(prompt)}) + gen_length ({G}) + suffix ({len(suffix)}) exceeds "
+                             f"the model's max_seq_len {self.max_length}")  # fmt: skip
         carry = {k: getattr(r, k)[j].clone() for k in ("block", "step", "noisy_at_block_start", "nfe", "steps_taken")}
         gen = self.gens[handle]
         self.cancel([handle])
