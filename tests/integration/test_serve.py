@@ -254,6 +254,7 @@ def test_structured_output_through_the_openai_client(server):
         ({"response_format": {"type": "xml"}}, "response_format"),
         ({"guided_regex": "a", "response_format": {"type": "json_object"}}, "guided_regex"),
         ({"template": "x" * 200}, "template"),
+        ({"guided_regex": "[0-9]+", "remask": 1}, "remask"),
     ],
 )
 def test_bad_structured_output_gets_a_400_naming_the_field(server, extra, param):

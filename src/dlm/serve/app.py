@@ -130,6 +130,8 @@ def create_app(lm, *, model_name: str = "builtin", api_key: str | None = None, m
         if not given:
             return {}
         field = given[0]
+        if field != "template" and cfg.remask and not lm.is_causal:
+            raise APIError(400, "remask: a sampler that revises committed tokens takes no structured output", "remask")
         if field == "template":
             ids = await tokenize(lambda: tok.encode_template(s.template, "template"), "template")
             if len(ids) > cfg.gen_length:
