@@ -136,3 +136,27 @@ def test_sudoku_templates_lock_the_givens_and_reach_the_sft_rows(tmp_path):
     write_sft(get_task("sudoku"), "train", 2, tmp_path / "s.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert all(r["template"].replace(TEMPLATE_FREE, "0") == r["messages"][0]["content"] for r in rows)
+
+
+def test_countdown_templates_lock_the_places_the_question_fixes(tmp_path, tok):
+    for ex in get_task("countdown").examples("test", 20):
+        t = ex.template
+        free = [i for i in range(len(ex.answer)) if t.startswith(TEMPLATE_FREE, _offset(t, i))]
+        assert len(free) == len(ex.answer) - ex.answer.count("=") - ex.answer.count(",") - 3
+        assert all(ex.answer[i] not in "=," for i in free) and ex.answer.endswith(f"{ex.meta['target']:03d}")
+        filled = t.replace(TEMPLATE_FREE, "_")
+        assert [c for c in filled if c != "_"] == [c for i, c in enumerate(ex.answer) if i not in free]
+        assert len(tok.encode_template(t)) == len(tok.encode(ex.answer))  # one token per character
+    assert get_task("countdown", locked=False).examples("test", 1)[0].template is None
+    assert get_task("countdown", layout="expression").examples("test", 1)[0].template is None
+    with pytest.raises(InputError) as e:
+        get_task("countdown", layout="expression", locked=True)
+    assert e.value.field == "locked"
+
+
+def _offset(template: str, i: int) -> int:
+    """Where the template's i-th answer character starts (a free one is TEMPLATE_FREE, others one character)."""
+    pos = 0
+    for _ in range(i):
+        pos += len(TEMPLATE_FREE) if template.startswith(TEMPLATE_FREE, pos) else 1
+    return pos

@@ -10,6 +10,10 @@ Layouts (`layout`):
   decision the model can check locally. The verifier replays any chain: each step takes two numbers still
   available (given or made by an earlier step), its result must be exact (division without remainder), and the
   last number left must be the target, with every given number used. An expression is accepted too.
+  With `locked` (the default in the steps layout) every example carries an answer template: what the question
+  already fixes stands in the answer from the start (each `=`, each comma, and the last result, which is the
+  target), `<|mask|>` for the rest (operands, operators, intermediate results); both twins train and decode it
+  as a template (never noised or scored; the AR twin is forced to it).
 - "expression": the prompt in words and the answer as one expression, e.g. `(7 + 5) * 3 - 8`.
 
 Expressions are parsed with `ast` (numbers and + - * / and parentheses only), must use exactly the given
@@ -24,6 +28,7 @@ from collections import Counter
 from fractions import Fraction
 
 from ..errors import InputError
+from ..tokenizer import TEMPLATE_FREE
 from .base import Example, Task, clean
 
 OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b}
@@ -89,14 +94,20 @@ def _words(meta: dict) -> str:
 class Countdown(Task):
     name = "countdown"
 
-    def __init__(self, numbers: int = 4, max_number: int = 20, max_target: int = 100, layout: str = "steps"):
+    def __init__(self, numbers: int = 4, max_number: int = 20, max_target: int = 100, layout: str = "steps",
+                 locked: bool | None = None):  # fmt: skip
         if not 2 <= numbers <= 6:
             raise InputError("numbers", f"got {numbers}; allowed: 2..6")
         if layout not in LAYOUTS:
             raise InputError("layout", f"got {layout!r}; allowed: {', '.join(LAYOUTS)}")
         if max_number > 999 or max_target > 999:
             raise InputError("max_number/max_target", "must be <= 999 (three digits per number)")
+        locked = layout == "steps" if locked is None else locked
+        if locked and layout != "steps":
+            raise InputError("locked", "only the steps layout has fixed places to lock: use layout='steps' or "
+                             "locked=False")  # fmt: skip
         self.n, self.max_number, self.max_target, self.layout = numbers, max_number, max_target, layout
+        self.locked = locked
 
     def config_id(self):
         return f"n={self.n},max={self.max_number},target<={self.max_target}"
@@ -125,8 +136,15 @@ class Countdown(Task):
         meta = {"numbers": sorted(nums), "target": value}
         if self.layout == "steps":
             prompt = " ".join(f"{v:03d}" for v in sorted(nums)) + f" -> {value:03d}"
-            return Example(self.name, index, prompt, ",".join(steps), meta)
+            answer = ",".join(steps)
+            return Example(self.name, index, prompt, answer, meta, self._template(answer) if self.locked else None)
         return Example(self.name, index, _words(meta), expr[1:-1] if expr.startswith("(") else expr, meta)
+
+    @staticmethod
+    def _template(answer: str) -> str:
+        """Every `=` and comma, and the last three characters (the target), locked; the rest free."""
+        keep = {i for i, c in enumerate(answer) if c in "=,"} | set(range(len(answer) - 3, len(answer)))
+        return "".join(c if i in keep else TEMPLATE_FREE for i, c in enumerate(answer))
 
     def split_key(self, ex):  # the expression layout's prompt, whatever the layout: both split alike
         return _words(ex.meta)
