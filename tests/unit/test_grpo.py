@@ -104,3 +104,25 @@ def test_a_short_grpo_run_is_seeded_and_moves_the_weights(tmp_path):
     assert 0 < sum(r["reward"] for r in h1) < 2  # mixed rewards: non-zero advantages
     assert any(not torch.equal(a, b) for a, b in zip(before, w2))
     assert (tmp_path / "run0" / "model.safetensors").is_file() and (tmp_path / "run0" / "grpo_history.json").is_file()
+
+
+def test_rollouts_keep_a_templates_locked_tokens_out_of_the_completion():
+    from dlm.tasks import get_task
+    from dlm.tokenizer import TEMPLATE_FREE, train_tokenizer
+    from dlm.training.grpo import _rollouts
+
+    from ..conftest import tiny_lm
+
+    tok = train_tokenizer([], 263, texts=["001+002=003"])
+    lm = tiny_lm(tok)
+    exs = get_task("countdown").examples("train", 2)
+    cfg = GRPOConfig(group_size=2, temperature=1.0)
+    n = len(exs[0].answer) + 1
+    rows, prompt_pos, comp_pos, key_mask, _ = _rollouts(lm, exs, cfg, n, [0, 1, 2, 3])
+    for i, ex in enumerate(e for e in exs for _ in range(2)):
+        p = int(prompt_pos[i].sum())
+        locked = [k for k, t in enumerate(tok.encode_template(ex.template)) if t != tok.mask_token_id]
+        assert locked and all(rows[i, p + k] == tok.encode(ex.answer)[k] for k in locked)  # stood from the start
+        assert not comp_pos[i, [p + k for k in locked]].any() and key_mask[i, [p + k for k in locked]].all()
+        assert int(comp_pos[i].sum()) == n - len(locked)
+    assert TEMPLATE_FREE in exs[0].template

@@ -106,7 +106,8 @@ def completion_logprobs(
 
 def _rollouts(lm, examples, cfg: GRPOConfig, gen_length: int, seeds: list[int]):
     """group_size completions per example: (rows (N, L) right-padded, prompt positions, completion positions,
-    key mask, the completions' texts)."""
+    key mask, the completions' texts). An example's answer template (`Example.template`) is decoded as in SFT and
+    evaluation: its locked tokens stand from the start and are not completion positions (no decision, no score)."""
     from ..sampling.generate import Denoiser
 
     tok = lm.tokenizer
@@ -117,8 +118,11 @@ def _rollouts(lm, examples, cfg: GRPOConfig, gen_length: int, seeds: list[int]):
     gcfg = lm.make_config(None, gen_length=gen_length, block_length=gen_length, steps=steps,
                           temperature=cfg.temperature)  # fmt: skip
     prompts = [p for p in ids for _ in range(G)]
+    tpls = [tok.encode_template(ex.template, f"examples[{i}].template") if ex.template else []
+            for i, ex in enumerate(examples)]  # fmt: skip
+    templates = [t for t in tpls for _ in range(G)] if any(tpls) else None
     d = Denoiser(lm.model, gcfg, process=lm.process)
-    handles = d.add(prompts, seeds=seeds)
+    handles = d.add(prompts, seeds=seeds, templates=templates)
     while d.live:
         d.step()
     res = [d.pop_result(h) for h in handles]
@@ -127,13 +131,18 @@ def _rollouts(lm, examples, cfg: GRPOConfig, gen_length: int, seeds: list[int]):
     rows = torch.full((len(prompts), L), pad, dtype=torch.long)
     prompt_pos = torch.zeros_like(rows, dtype=torch.bool)
     comp_pos = torch.zeros_like(rows, dtype=torch.bool)
+    locked = torch.zeros_like(rows, dtype=torch.bool)
     for i, (p, r) in enumerate(zip(prompts, res)):
         whole = r["canvas"][: len(p) + gen_length]  # the prompt and the whole generated span (its EOS padding too)
         rows[i, : len(whole)] = torch.tensor(whole)
         prompt_pos[i, : len(p)] = True
         comp_pos[i, len(p) : len(whole)] = True
+        for k, t in enumerate(templates[i] if templates else []):
+            if t != tok.mask_token_id:  # a locked token: given (a clean key), not decided
+                comp_pos[i, len(p) + k] = False
+                locked[i, len(p) + k] = True
     texts = [tok.decode(r["sequence"], skip_special_tokens=True) for r in res]
-    return rows, prompt_pos, comp_pos, prompt_pos | comp_pos, texts
+    return rows, prompt_pos, comp_pos, prompt_pos | comp_pos | locked, texts
 
 
 def train_grpo(lm, task, cfg: GRPOConfig, out_dir: str | Path | None = None, log=print) -> dict:
