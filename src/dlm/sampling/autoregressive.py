@@ -18,8 +18,9 @@ from ..errors import InputError
 from ..model import KVCache
 from .config import GenerationConfig
 from .constraints import Constraint, check_guides
-from .generate import GenerationOutput, _model_attr, _row_generators, template_locks
+from .generate import GenerationOutput, _model_attr, _row_generators
 from .processors import config_processors, top_k_top_p_filter
+from .rows import template_locks
 from .streamer import CallbackStreamer, StepEvent, Streamer
 
 

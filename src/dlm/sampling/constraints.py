@@ -182,3 +182,71 @@ def check_guides(constraints, n: int, locks: Sequence[dict]) -> list[Constraint 
         if c is not None and locks[i]:
             raise InputError(f"constraints[{i}]", "a row takes a template or a constraint, not both")
     return constraints
+
+
+class RowGuides:
+    """The sampler loop's constrained rows, by handle: it masks each row's frontier, feeds the grammar what
+    settled, sends refused tokens back to noise (the rule in this module's docstring)."""
+
+    def __init__(self):
+        self.by_handle: dict[int, Guide] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.by_handle)
+
+    def __contains__(self, handle: int) -> bool:
+        return handle in self.by_handle
+
+    def add(self, handles: Sequence[int], constraints: Sequence[Constraint | None]) -> None:
+        self.by_handle.update((h, c.guide()) for h, c in zip(handles, constraints) if c is not None)
+
+    def pop(self, handle: int) -> None:
+        self.by_handle.pop(handle, None)
+
+    def open(self, rows):
+        """(row index, handle, guide) of the live rows whose grammar still has positions to check."""
+        for j, h in enumerate(rows.handle.tolist()):
+            g = self.by_handle.get(h)
+            if g is not None and not g.closed:
+                yield j, h, g
+
+    def guided(self, rows) -> torch.Tensor:
+        """(R,) bool: rows under a constraint."""
+        return torch.tensor([h in self.by_handle for h in rows.handle.tolist()], device=rows.handle.device)
+
+    def mask_frontiers(self, rows, logits: torch.Tensor, query_slots: torch.Tensor) -> None:
+        """A constrained row's frontier (its first generated position the grammar has not accepted) may only
+        take a token the grammar allows next."""
+        for j, _, g in self.open(rows):
+            col = torch.nonzero(query_slots[j] == rows.gen_start[j] + g.consumed).flatten()
+            if col.numel():
+                g.mask_(logits[j, int(col[-1])])
+
+    def settle(self, rows, gen_length: int, eos_id: int, noise) -> None:
+        """Feed each constrained row's newly settled tokens (from its frontier up to the first noisy position) to
+        its grammar; the first refused token and every settled token after it go back to noise (`noise(n,
+        handle)`: n fresh noise tokens). A grammar that has ended (nothing but EOS may follow) ends the row: the
+        rest of its region becomes EOS."""
+        r, G = rows, gen_length
+        for j, h, g in list(self.open(rows)):
+            start = int(r.gen_start[j])
+            noisy = r.noisy[j, start + g.consumed : start + G].tolist()
+            settled = noisy.index(True) if True in noisy else len(noisy)
+            g.accept(r.tokens[j, start + g.consumed : start + g.consumed + settled].tolist())
+            rest = torch.arange(start + g.consumed, start + G, device=r.tokens.device)
+            if g.stopped:
+                r.tokens[j, rest] = eos_id
+                r.noisy[j, rest] = False
+                g.closed = True
+            elif g.consumed >= G:
+                g.closed = True
+            elif not bool(r.noisy[j, start + g.consumed]):  # refused: it and what was settled after it go back
+                back = rest[~r.noisy[j, rest]]
+                r.tokens[j, back] = torch.tensor(noise(int(back.numel()), h), device=r.tokens.device,
+                                                 dtype=r.tokens.dtype)  # fmt: skip
+                r.noisy[j, back] = True
+
+    def hide_unaccepted(self, rows, regions: dict[int, list[int]], gen_length: int, free_id: int) -> None:
+        """In each constrained row's region (by handle), what lies past its frontier shows as noise."""
+        for _, h, g in self.open(rows):
+            regions[h][g.consumed :] = [free_id] * (gen_length - g.consumed)

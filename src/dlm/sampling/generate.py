@@ -21,11 +21,11 @@ import torch
 from ..diffusion import NoiseProcess, StepContext, build_process
 from ..errors import InputError
 from .config import GenerationConfig
-from .constraints import Constraint, Guide, check_guides
+from .constraints import Constraint, RowGuides, check_guides
 from .forward import ModelRunner
 from .processors import config_processors
-from .rows import Rows
-from .streamer import CallbackStreamer, StepEvent, Streamer
+from .rows import Rows, finish_at_eos, template_locks
+from .streamer import CallbackStreamer, StepEvent, Streamer, emit_step
 
 
 @dataclass
@@ -60,24 +60,6 @@ def _per_row_uniform(gens, valid: torch.Tensor, extra: tuple[int, ...], device) 
     for i, g in enumerate(gens):
         if counts[i]:
             out[i, valid[i]] = torch.rand((counts[i], *extra), generator=g, device=g.device).to(device)
-    return out
-
-
-def template_locks(templates, n: int, gen_length: int, free_id: int | None) -> list[dict[int, int]]:
-    """Per row, {position in the generated region: token} for what its answer template locks (every id but
-    `free_id`, the mask token); the diffusion sampler keeps these tokens, the AR sampler is forced to them."""
-    if templates is None:
-        return [{} for _ in range(n)]
-    if len(templates) != n:
-        raise InputError("templates", f"got {len(templates)} templates for {n} prompts")
-    if free_id is None:
-        raise InputError("templates", "no mask token id marks a template's free positions: pass mask_token_id")
-    out = []
-    for i, t in enumerate(templates):
-        if len(t) > gen_length:
-            raise InputError(f"templates[{i}]", f"has {len(t)} tokens; gen_length is {gen_length}: "
-                             "raise gen_length to at least the template's length")  # fmt: skip
-        out.append({k: int(x) for k, x in enumerate(t) if int(x) != free_id})
     return out
 
 
@@ -193,7 +175,7 @@ class Denoiser:
         self.runner: ModelRunner | None = None
         self.gens: dict[int, torch.Generator] = {}
         self.results: dict[int, dict] = {}
-        self.guides: dict[int, Guide] = {}  # rows under a structured-output constraint, by handle
+        self.guides = RowGuides()  # rows under a structured-output constraint
         self.next_handle = 0
         self.step_counter = 0
         self.rows = Rows.empty(self.device)
@@ -250,7 +232,7 @@ class Denoiser:
         handles = list(range(self.next_handle, self.next_handle + len(prompts)))
         self.next_handle += len(prompts)
         self.gens.update(zip(handles, gens))
-        self.guides.update((h, c.guide()) for h, c in zip(handles, constraints) if c is not None)
+        self.guides.add(handles, constraints)
         length = max(self.length, max(len(r) for r in rows_tokens))
         grow = length - self.length
         if grow:  # existing rows (if any) are left-padded further: their slots move right
@@ -275,7 +257,7 @@ class Denoiser:
         gone = torch.isin(self.rows.handle, drop)
         for h in self.rows.handle[gone].tolist():
             self.gens.pop(h, None)
-            self.guides.pop(h, None)
+            self.guides.pop(h)
         self._keep(torch.nonzero(~gone).flatten())
 
     def steer(self, handle: int, prompt: Sequence[int]) -> int:
@@ -326,9 +308,8 @@ class Denoiser:
         if self.reverse.revises and self.free_id is not None and self.live:
             tokens = tokens.masked_fill(self._active_region()[3], self.free_id)
         out = dict(zip(self.rows.handle.tolist(), tokens.gather(1, idx).tolist()))
-        for _, h, g in self._guided():
-            if self.free_id is not None:
-                out[h][g.consumed :] = [self.free_id] * (self.gen_length - g.consumed)
+        if self.guides and self.free_id is not None:
+            self.guides.hide_unaccepted(self.rows, out, self.gen_length, self.free_id)
         return out
 
     def pop_result(self, handle: int) -> dict:
@@ -351,7 +332,7 @@ class Denoiser:
                 "finished_early": bool(early[j]),
             }
             self.gens.pop(h, None)
-            self.guides.pop(h, None)
+            self.guides.pop(h)
 
     def _num_blocks(self) -> torch.Tensor:
         """(R,) blocks per row: one more when the first block is cut short (aligned blocks)."""
@@ -381,46 +362,8 @@ class Denoiser:
             for proc in self.logits_processors:
                 logits = proc(decided, logits, query_slots)
         if self.guides:
-            self._mask_frontiers(logits, query_slots)
+            self.guides.mask_frontiers(self.rows, logits, query_slots)
         return logits
-
-    def _guided(self):
-        """(row index, handle, guide) of the live rows under a constraint that still has positions to check."""
-        for j, h in enumerate(self.rows.handle.tolist()):
-            g = self.guides.get(h)
-            if g is not None and not g.closed:
-                yield j, h, g
-
-    def _mask_frontiers(self, logits: torch.Tensor, query_slots: torch.Tensor) -> None:
-        """A constrained row's frontier (its first generated position the grammar has not accepted) may only
-        take a token the grammar allows next."""
-        for j, _, g in self._guided():
-            col = torch.nonzero(query_slots[j] == self.rows.gen_start[j] + g.consumed).flatten()
-            if col.numel():
-                g.mask_(logits[j, int(col[-1])])
-
-    def _settle_guides(self) -> None:
-        """Feed each constrained row's newly settled tokens (from its frontier up to the first noisy position) to
-        its grammar; the first refused token and every settled token after it go back to noise. A grammar that
-        has ended (nothing but EOS may follow) ends the row: the rest of its region becomes EOS."""
-        r, G = self.rows, self.gen_length
-        for j, h, g in list(self._guided()):
-            start = int(r.gen_start[j])
-            noisy = r.noisy[j, start + g.consumed : start + G].tolist()
-            settled = noisy.index(True) if True in noisy else len(noisy)
-            g.accept(r.tokens[j, start + g.consumed : start + g.consumed + settled].tolist())
-            rest = torch.arange(start + g.consumed, start + G, device=self.device)
-            if g.stopped:
-                r.tokens[j, rest] = self.eos_id
-                r.noisy[j, rest] = False
-                g.closed = True
-            elif g.consumed >= G:
-                g.closed = True
-            elif not bool(r.noisy[j, start + g.consumed]):  # refused: it and what was settled after it go back
-                back = rest[~r.noisy[j, rest]]
-                noise = self.reverse.init_canvas(int(back.numel()), self.gens[h])
-                r.tokens[j, back] = torch.tensor(noise, device=self.device, dtype=r.tokens.dtype)
-                r.noisy[j, back] = True
 
     def step(self) -> list[int]:
         """One denoising step for every live row; returns the handles that finished (results in pop_result)."""
@@ -458,7 +401,7 @@ class Denoiser:
         r.tokens = r.tokens.scatter(1, query_slots, torch.where(real, out.tokens, ctx.tokens))
         r.noisy = r.noisy.scatter(1, query_slots, torch.where(real, out.noisy, r.noisy.gather(1, query_slots)))
         if self.guides:
-            self._settle_guides()
+            self.guides.settle(r, self.gen_length, self.eos_id, lambda n, h: self.reverse.init_canvas(n, self.gens[h]))
         r.nfe += self.forwards_per_step
         r.steps_taken += 1
         block_before = r.block
@@ -466,7 +409,7 @@ class Denoiser:
         finished = r.handle[done].tolist()
         if self.streamer is not None:
             changed = out.changed & real
-            _emit(self.streamer, self.step_counter, r, block_before, query_slots, changed, finished)
+            emit_step(self.streamer, self.step_counter, r, block_before, query_slots, changed, finished)
         self.step_counter += 1
         if finished:
             f = torch.nonzero(done).flatten()
@@ -485,44 +428,15 @@ class Denoiser:
         done = r.block >= num_blocks
         early = torch.zeros_like(done)
         if self.stop_at_eos:
-            eos_done = _finish_at_eos(r, self.gen_length, self.eos_id)
+            eos_done = finish_at_eos(r, self.gen_length, self.eos_id)
             early = eos_done & ~done
             done = done | eos_done
         # a row past its step budget (only a custom process that never settles) ends with what it has; a
         # constrained row may take gen_length more steps (each accepts at least one token: see constraints.py)
         budget = num_blocks * self.steps_per_block
         if self.guides:
-            guided = torch.tensor([h in self.guides for h in r.handle.tolist()], device=self.device, dtype=torch.bool)
-            budget = budget + guided.long() * self.gen_length
+            budget = budget + self.guides.guided(r).long() * self.gen_length
         done = done | (r.steps_taken.to(self.device) > budget)
         return done, early
 
 
-def _finish_at_eos(r: Rows, G: int, eos_id: int) -> torch.Tensor:
-    """Rows whose generated region holds a settled EOS with everything before it settled (and no in-text noise
-    left) are done: their remaining noisy positions become EOS (in place). Returns done (R,)."""
-    gen_idx = r.gen_start[:, None] + torch.arange(G, device=r.tokens.device)[None]
-    g, noisy = r.tokens.gather(1, gen_idx), r.noisy.gather(1, gen_idx)
-    is_eos = (g == eos_id) & ~noisy
-    has_eos = is_eos.any(1)
-    first_eos = torch.where(has_eos, is_eos.float().argmax(1), G)
-    before = torch.arange(G, device=r.tokens.device)[None] < first_eos[:, None]
-    done = has_eos & ~(noisy & before).any(1) & ~(r.text_noise & r.noisy).any(1)
-    fill = done[:, None] & noisy
-    if bool(fill.any()):
-        r.tokens = r.tokens.scatter(1, gen_idx, g.masked_fill(fill, eos_id))
-        r.noisy = r.noisy.scatter(1, gen_idx, noisy & ~fill)
-    return done
-
-
-def _emit(streamer, step, r: Rows, block, slots, changed, finished) -> None:
-    """One StepEvent (positions counted without left padding)."""
-    positions, tokens, noisy = [], [], []
-    for j in range(r.count):
-        q = torch.nonzero(changed[j]).flatten()
-        positions.append((slots[j, q] - r.pad[j]).tolist())
-        tokens.append(r.tokens[j, slots[j, q]].tolist())
-        noisy.append((torch.nonzero(r.noisy[j]).flatten() - r.pad[j]).tolist())
-    blocks = block.tolist()
-    rows = r.handle.tolist()
-    streamer.on_step(StepEvent(step, min(blocks), rows, positions, tokens, noisy, finished, blocks))

@@ -9,6 +9,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+
 # fields that hold a canvas slot per column (left padding moves them right)
 _SLOT_FIELDS = {"tokens": "pad", "attention": 0, "positions": 0, "cfg_hidden": False, "text_noise": False,
                 "noisy": False, "locked": False}  # fmt: skip
@@ -125,3 +127,38 @@ class Rows:
         return Rows(
             **{f.name: torch.cat([getattr(self, f.name), getattr(other, f.name)]) for f in dataclasses.fields(self)}
         )
+
+
+def template_locks(templates, n: int, gen_length: int, free_id: int | None) -> list[dict[int, int]]:
+    """Per row, {position in the generated region: token} for what its answer template locks (every id but
+    `free_id`, the mask token); the diffusion sampler keeps these tokens, the AR sampler is forced to them."""
+    if templates is None:
+        return [{} for _ in range(n)]
+    if len(templates) != n:
+        raise InputError("templates", f"got {len(templates)} templates for {n} prompts")
+    if free_id is None:
+        raise InputError("templates", "no mask token id marks a template's free positions: pass mask_token_id")
+    out = []
+    for i, t in enumerate(templates):
+        if len(t) > gen_length:
+            raise InputError(f"templates[{i}]", f"has {len(t)} tokens; gen_length is {gen_length}: "
+                             "raise gen_length to at least the template's length")  # fmt: skip
+        out.append({k: int(x) for k, x in enumerate(t) if int(x) != free_id})
+    return out
+
+
+def finish_at_eos(r: Rows, G: int, eos_id: int) -> torch.Tensor:
+    """Rows whose generated region holds a settled EOS with everything before it settled (and no in-text noise
+    left) are done: their remaining noisy positions become EOS (in place). Returns done (R,)."""
+    gen_idx = r.gen_start[:, None] + torch.arange(G, device=r.tokens.device)[None]
+    g, noisy = r.tokens.gather(1, gen_idx), r.noisy.gather(1, gen_idx)
+    is_eos = (g == eos_id) & ~noisy
+    has_eos = is_eos.any(1)
+    first_eos = torch.where(has_eos, is_eos.float().argmax(1), G)
+    before = torch.arange(G, device=r.tokens.device)[None] < first_eos[:, None]
+    done = has_eos & ~(noisy & before).any(1) & ~(r.text_noise & r.noisy).any(1)
+    fill = done[:, None] & noisy
+    if bool(fill.any()):
+        r.tokens = r.tokens.scatter(1, gen_idx, g.masked_fill(fill, eos_id))
+        r.noisy = r.noisy.scatter(1, gen_idx, noisy & ~fill)
+    return done

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass
 class StepEvent:
@@ -47,3 +49,16 @@ class RecordingStreamer(Streamer):
 
     def on_end(self) -> None:
         self.ended = True
+
+
+def emit_step(streamer, step, r, block, slots, changed, finished) -> None:
+    """The sampler loop's StepEvent for rows `r` (positions counted without left padding)."""
+    positions, tokens, noisy = [], [], []
+    for j in range(r.count):
+        q = torch.nonzero(changed[j]).flatten()
+        positions.append((slots[j, q] - r.pad[j]).tolist())
+        tokens.append(r.tokens[j, slots[j, q]].tolist())
+        noisy.append((torch.nonzero(r.noisy[j]).flatten() - r.pad[j]).tolist())
+    blocks = block.tolist()
+    rows = r.handle.tolist()
+    streamer.on_step(StepEvent(step, min(blocks), rows, positions, tokens, noisy, finished, blocks))
