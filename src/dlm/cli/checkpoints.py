@@ -1,4 +1,4 @@
-"""`dlm info` and `dlm convert`: reading and rewriting checkpoint folders."""
+"""`dlm info`, `dlm convert` and `dlm quantize`: reading and rewriting checkpoint folders."""
 
 from __future__ import annotations
 
@@ -74,3 +74,22 @@ def convert(
 
     out = convert_checkpoint(src, dst, to=to, dtype=dtype, max_shard_size=max_shard_size, gguf_file=gguf_file)
     typer.echo(f"wrote {to} folder {out}")
+
+
+@app.command()
+def quantize(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    out: Path = typer.Option(..., "--out", help="Output folder (written atomically); every command reads it."),
+    bits: int = typer.Option(8, "--bits", help="8 | 4 (weights; int4 in groups of --group-size inputs)."),
+    scheme: str = typer.Option(
+        "weight_only", "--scheme", help="weight_only | dynamic (int8 activations per token at run time; --bits 8)."
+    ),
+    group_size: int = typer.Option(32, "--group-size", help="--bits 4: inputs sharing one scale (a power of two)."),
+    gguf_file: Optional[str] = gguf_option(),
+):
+    """Quantise MODEL's weights with torchao and write a dlm folder (safetensors, no pickle)."""
+    from ..hub.quantize import quantize as quantize_checkpoint
+
+    dst = quantize_checkpoint(model, out, bits, scheme=scheme, group_size=group_size, gguf_file=gguf_file)
+    size = sum(f.stat().st_size for f in dst.glob("*.safetensors"))
+    typer.echo(f"wrote {bits}-bit ({scheme}) folder {dst} ({size / 1e6:.1f} MB of weights)")

@@ -368,6 +368,10 @@ def load_model(ck: Checkpoint, *, device="cpu", dtype=None, config: ModelConfig 
     `config`: build the network with this config instead of the checkpoint's (same shapes: e.g. the block-causal
     network a causal checkpoint is adapted into). An adapter folder gives its base with the adapter merged."""
     device, dtype = resolve_device(device), resolve_dtype(dtype)
+    from .quantize import is_quantized, load_quantized
+
+    if is_quantized(ck):
+        return load_quantized(ck, device=device, dtype=dtype)
     if ck.base is not None:
         from .adapters import load_adapted
 
@@ -385,7 +389,9 @@ def count_parameters(ck: Checkpoint) -> int:
     its base's, which the merged network has)."""
     if ck.base is not None:
         return count_parameters(ck.base)
-    if ck.gguf_file is not None:
+    from .quantize import is_quantized
+
+    if ck.gguf_file is not None or is_quantized(ck):
         return ck.config.num_parameters()
     source = SafetensorsSource(ck.folder)
     total = 0
