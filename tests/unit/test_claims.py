@@ -155,11 +155,27 @@ def test_report_has_the_task_table_and_explains_a_missed_sudoku_target(tmp_path)
     }  # fmt: skip
     text = claims.write_report(m, tmp_path).read_text()
     assert "| sudoku | diffusion ✔ ≈ | 32.0 | 0.0% | 0%–2% | cell_accuracy 15.0% | 200 |" in text
-    assert "Not met: the diffusion model solves 0% of 200 test puzzles" in text
+    assert "Not met: the diffusion model solves 0% of 200 test items (blank-cell accuracy 15.0%)" in text
     assert "1.500; still falling at the end" in text and "0.200; flattening at the end" in text
-    assert "4.8 epochs of 20,000" in text and "62× our number of epochs" in text
+    assert "4.8 epochs of 20,000 training items" in text and "62× our number of epochs" in text
     m["tasks"]["sudoku"]["diffusion"][0]["accuracy"] = 0.97
-    assert "Met: the diffusion model solves 97%" in claims.write_report(m, tmp_path).read_text()
+    assert "Met: the diffusion model solves 97% of the test sudoku" in claims.write_report(m, tmp_path).read_text()
+
+
+def test_report_explains_a_missed_countdown_target_from_its_diagnostics(tmp_path):
+    m = _measurements()  # countdown 50 % < 85 %
+    cd = m["tasks"]["countdown"]
+    cd["diffusion"][0].update(step_arithmetic=0.04, step_operands=0.28)
+    cd["ar"][0].update(step_arithmetic=0.76, step_operands=0.998)
+    cd["probe"] = {"visible": 100, "masked": 3, "n": 100}
+    text = claims.write_report(m, tmp_path).read_text()
+    assert "## Countdown: the ≥ 85 % target" in text
+    assert "Not met: the diffusion model solves 50% of 200 test items (exact arithmetic in 4.0% of steps)" in text
+    assert "Steps with exact arithmetic: diffusion 4.0%, AR twin 76.0%" in text and "28.0% vs 99.8%" in text
+    assert "right 100/100 when the rest" in text and "3/100 when everything after it" in text
+    assert "learned to copy results forward" in text
+    cd["probe"] = {"visible": 90, "masked": 80, "n": 100}
+    assert "The model computes results" in claims.write_report(m, tmp_path).read_text()
 
 
 def test_cached_evaluations_are_keyed_on_weights_instances_and_settings(tmp_path, monkeypatch):

@@ -127,6 +127,13 @@ def test_countdown_steps_layout_is_fixed_length_and_replayed_exactly():
         "006*004=024;003-002=001;024*001=024", "",
     ):
         assert not t.verify(ex, bad), bad
+    # where a wrong answer goes wrong: exact arithmetic, operands available (worked by hand)
+    assert t.score(ex, "006*004=024,003-002=001,024*001=024") == {
+        "correct": True, "step_arithmetic": 1.0, "step_operands": 1.0}  # fmt: skip
+    s = t.score(ex, "006*004=025,003-002=001,024*001=024")  # 6*4 is not 25; 24 was then never made
+    assert (s["correct"], s["step_arithmetic"], s["step_operands"]) == (False, 2 / 3, 2 / 3)
+    s = t.score(ex, "006*006=036,003-002=001,x")  # 6 used twice; a malformed step fails both checks
+    assert (s["step_arithmetic"], s["step_operands"]) == (2 / 3, 1 / 3)
     with pytest.raises(InputError, match="layout"):
         get_task("countdown", layout="rpn")
 
@@ -227,3 +234,29 @@ def test_eval_task_data_errors_name_the_line_before_loading_a_model(tmp_path):
     f.write_text(json.dumps({"puzzle": "0" * 81, "solution": "1" * 80}) + "\n")
     r = CliRunner().invoke(app, ["eval", "task", "sudoku", "--model", "no-such-model", "--data", str(f)])
     assert r.exit_code == 2 and f"{f} line 1: solution: got" in r.output, r.output
+
+
+def test_first_result_probe_hides_the_result_then_everything_after_it(tmp_path):
+    """An oracle that sees the gold answer through the mask counts every item in both conditions; a model that
+    only copies what is visible gets the result only while the next step still shows it."""
+    import torch
+
+    from dlm.tasks.countdown import first_result_probe
+    from dlm.tokenizer import train_tokenizer
+
+    (tmp_path / "a.txt").write_text("012+004=016,016*004=064\n" * 20)
+    tok = train_tokenizer([tmp_path / "a.txt"], vocab_size=263)  # bytes only: one token per character
+    exs = get_task("countdown").examples("test", 5)
+
+    class Copier(torch.nn.Module):  # predicts each masked slot as the token 4 slots later (where 016 reappears)
+        config = type("C", (), {"mask_token_id": tok.mask_token_id})
+
+        def forward(self, x):
+            logits = torch.zeros(*x.shape, tok.vocab_size)
+            src = torch.roll(x, -4, dims=1)
+            return logits.scatter(2, src[..., None], 1.0)
+
+    lm = type("LM", (), {"tokenizer": tok, "model": Copier(), "device": torch.device("cpu")})()
+    r = first_result_probe(lm, exs)
+    assert r["n"] == 5 and r["masked"] == 0 and r["visible"] == sum(
+        ex.answer[8:11] == ex.answer[12:15] for ex in exs)  # fmt: skip

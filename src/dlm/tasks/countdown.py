@@ -27,6 +27,8 @@ import re
 from collections import Counter
 from fractions import Fraction
 
+import torch
+
 from ..errors import InputError
 from ..tokenizer import TEMPLATE_FREE
 from .base import Example, Task, clean
@@ -84,6 +86,24 @@ def replay(chain: str, numbers: list[int], target: int) -> bool:
             return False
         pool[c] += 1
     return +pool == Counter([target])
+
+
+def step_checks(chain: str, numbers: list[int]) -> tuple[float, float]:
+    """(share of steps whose arithmetic is exact, share whose two operands were available) over the answer's
+    comma-separated steps; a step that is not `a?b=c` fails both. Where an answer goes wrong: sums or planning."""
+    pool, exact, available = Counter(numbers), 0, 0
+    steps = [s for s in chain.split(",") if s.strip()]
+    for step in steps:
+        m = STEP.match(step)
+        if not m:
+            continue
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        exact += APPLY[op](a, b) == c
+        pool[a] -= 1
+        pool[b] -= 1
+        available += pool[a] >= 0 and pool[b] >= 0
+        pool[c] += 1
+    return exact / max(len(steps), 1), available / max(len(steps), 1)
 
 
 def _words(meta: dict) -> str:
@@ -158,3 +178,36 @@ class Countdown(Task):
             return False
         value, used = r
         return value == ex.meta["target"] and sorted(used) == ex.meta["numbers"]
+
+    def score(self, ex, output):
+        """Right or wrong, and in the steps layout where an answer goes wrong: exact arithmetic, available
+        operands (`step_checks`)."""
+        out = {"correct": self.verify(ex, output)}
+        if self.layout == "steps":
+            out["step_arithmetic"], out["step_operands"] = step_checks(clean(output), ex.meta["numbers"])
+        return out
+
+
+@torch.no_grad()
+def first_result_probe(lm, examples) -> dict:
+    """Does a diffusion model compute a step's result or copy it from the next step's operand? One forward per
+    example and condition over the gold answer (steps layout): the first step's result masked, the rest of the
+    answer visible (`visible`: the result also stands as an operand later), or every free character after it
+    masked too (`masked`: only arithmetic gives it). Counts of exactly right results out of `n`."""
+    tok, model = lm.tokenizer, lm.model
+    out = {"visible": 0, "masked": 0, "n": 0}
+    for ex in examples:
+        chat = tok.apply_chat_template(ex.messages(with_answer=False), add_generation_prompt=True, tokenize=False)
+        p, a = tok.encode(chat), tok.encode(ex.answer)
+        if len(a) != len(ex.answer) or not STEP.match(ex.answer.split(",")[0]):
+            raise InputError("examples", "the probe needs the steps layout and a character-level tokenizer")
+        ids = torch.tensor([p + a + [tok.eos_token_id]], device=lm.device)
+        eq = ex.answer.index("=")
+        result = [len(p) + i for i in range(eq + 1, eq + 4)]
+        later = [len(p) + i for i in range(eq + 4, len(a) - 3) if ex.answer[i] not in "=,"]
+        for key, hide in (("visible", result), ("masked", result + later)):
+            x = ids.clone()
+            x[0, hide] = model.config.mask_token_id
+            out[key] += int(torch.equal(model(x)[0, result].argmax(-1), ids[0, result]))
+        out["n"] += 1
+    return out

@@ -24,11 +24,11 @@ the checkpoint's content hash, the task's instances and the settings (measuring.
 """
 
 from .measuring import TASK_N, TASKS, cache_key, measure
-from .report import ANCHOR_RECIPE, write_report
+from .report import RECIPES, write_report
 from .rules import CLAIMS, verdicts
 from .stats import compare, fisher_p, interval, mcnemar
 
 __all__ = [
-    "ANCHOR_RECIPE", "CLAIMS", "TASKS", "TASK_N", "cache_key", "compare", "fisher_p", "interval", "mcnemar",
+    "CLAIMS", "RECIPES", "TASKS", "TASK_N", "cache_key", "compare", "fisher_p", "interval", "mcnemar",
     "measure", "verdicts", "write_report",
 ]  # fmt: skip

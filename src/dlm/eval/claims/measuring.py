@@ -219,6 +219,10 @@ def _tasks(root: Path, n: int, log) -> dict:
                     _cached_eval(path, lm, task, exs, root / "eval" / f"{name}-{obj}-steps{s}.json", {"steps": s})
                     for s in sorted(set(fewer) - {g})
                 ] + [{**full, "preregistered": True}]
+                if name == "countdown":  # does it compute a step's result or copy it from the next step?
+                    from ...tasks.countdown import first_result_probe
+
+                    res["probe"] = first_result_probe(lm, exs[:100])
         out[name] = res
     return out
 
