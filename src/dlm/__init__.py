@@ -9,7 +9,8 @@ from .sampling import GenerationConfig, generate  # noqa: E402
 
 def load(path, **kw):
     """Load a checkpoint as a DiffusionLM (model + tokenizer + generation config): a dlm folder, a LLaDA, Dream
-    or LLaMA/Qwen2/Mistral folder, or a GGUF file. Keywords: device=, dtype=, gguf_file=."""
+    or LLaMA/Qwen2/Mistral folder, a GGUF file, a quantised folder (`dlm quantize`) or an ONNX export (`dlm export
+    onnx`). Keywords: device=, dtype=, gguf_file=, backend= ("torch" | "onnxruntime")."""
     from .hub import load as _load
 
     return _load(path, **kw)

@@ -6,7 +6,7 @@ sampling.py makes the sampling options of every generating command from Generati
 
 from __future__ import annotations
 
-from . import bench, checkpoints, data, distill, evaluate, generate, rl, serve, tasks, train  # noqa: F401 (registers commands)
+from . import bench, checkpoints, data, distill, evaluate, export, generate, rl, serve, tasks, train  # noqa: F401 (registers commands)
 from .common import app, data_app, eval_app, tasks_app, tok_app
 
 __all__ = ["app", "data_app", "eval_app", "main", "tasks_app", "tok_app"]

@@ -39,11 +39,13 @@ tok_app = typer.Typer(no_args_is_help=True, help="Tokenizers.")
 tasks_app = typer.Typer(no_args_is_help=True, help="Task suites: sudoku, countdown, arithmetic, facts.")
 data_app = typer.Typer(no_args_is_help=True, help="Training corpora.")
 distill_app = typer.Typer(no_args_is_help=True, help="Distillation data from a causal teacher.")
+export_app = typer.Typer(no_args_is_help=True, help="Export models to other runtimes (ONNX).")
 app.add_typer(eval_app, name="eval")
 app.add_typer(tok_app, name="tokenizer")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(data_app, name="data")
 app.add_typer(distill_app, name="distill")
+app.add_typer(export_app, name="export")
 
 MODEL_HELP = (
     "A checkpoint folder (dlm, LLaDA, Dream, LLaMA/Qwen2/Mistral safetensors), a .gguf file, a LoRA adapter folder "
@@ -75,12 +77,24 @@ def json_option(help: Optional[str] = None):
     return typer.Option(False, "--json", help=help)
 
 
-def load_model(model: str, dtype: Optional[str] = None, device: str = "cpu", gguf_file: Optional[str] = None):
+def backend_option():
+    return typer.Option(
+        "torch", "--backend", help="torch | onnxruntime (an ONNX export folder, from `dlm export onnx`; CPU, fp32)."
+    )
+
+
+def load_model(
+    model: str,
+    dtype: Optional[str] = None,
+    device: str = "cpu",
+    gguf_file: Optional[str] = None,
+    backend: str = "torch",
+):
     from ..hub import load
 
     if not model:
         raise InputError("--model", f"empty; pass a checkpoint folder or one of {', '.join(BUILTIN_MODELS)}")
-    return load(model, dtype=dtype, device=device, gguf_file=gguf_file)
+    return load(model, dtype=dtype, device=device, gguf_file=gguf_file, backend=backend)
 
 
 def check_at_least_one(flag: str, value: int) -> None:

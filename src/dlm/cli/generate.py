@@ -13,8 +13,8 @@ import typer
 from ..errors import InputError
 from ..sampling import Streamer
 from .common import (
-    app, check_at_least_one, device_option, dtype_option, echo_json, gguf_option, json_option, load_model,
-    model_option,
+    app, backend_option, check_at_least_one, device_option, dtype_option, echo_json, gguf_option, json_option,
+    load_model, model_option,
 )  # fmt: skip
 from .sampling import INFILL_FIXED, given, sampling_options
 
@@ -55,6 +55,7 @@ def generate(
     dtype: Optional[str] = dtype_option(),
     device: str = device_option(),
     gguf_file: Optional[str] = gguf_option(),
+    backend: str = backend_option(),
 ):
     """Generate completions of PROMPTs, or answer --chat through the chat template."""
     if bool(prompts) == (chat is not None):
@@ -70,7 +71,7 @@ def generate(
         raise InputError("--guide-with", "guides plain prompts, not --chat")
     if structured is not None and template is not None:
         raise InputError("--template", "takes no --regex/--json-schema/--json-object/--grammar with it")
-    lm = load_model(model, dtype, device, gguf_file)
+    lm = load_model(model, dtype, device, gguf_file, backend)
     tpl_ids = lm.tokenizer.encode_template(template, "--template") if template is not None else None
     if tpl_ids is not None and sampling.get("gen_length") is None:
         sampling = {**sampling, "gen_length": _fit(lm, len(tpl_ids))}

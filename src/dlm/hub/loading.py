@@ -389,9 +389,10 @@ def count_parameters(ck: Checkpoint) -> int:
     its base's, which the merged network has)."""
     if ck.base is not None:
         return count_parameters(ck.base)
+    from .onnx_runtime import is_onnx_export
     from .quantize import is_quantized
 
-    if ck.gguf_file is not None or is_quantized(ck):
+    if ck.gguf_file is not None or is_quantized(ck) or is_onnx_export(ck):
         return ck.config.num_parameters()
     source = SafetensorsSource(ck.folder)
     total = 0

@@ -11,12 +11,16 @@ import torch
 
 from ..configs import from_dict
 from ..diffusion import DiffusionConfig, build_process
-from ..errors import CheckpointError, ConfigError, InputError
+from ..errors import CheckpointError, ConfigError, InputError, check_choice
 from ..sampling import GenerationConfig, generate
 from ..sampling.autoregressive import generate_autoregressive
 from ..sampling.constraints import GrammarCompiler, StructuredOutput
 from .checkpoint import GENERATION_CONFIG_NAME, save_pretrained
+from .adapters import resolve_location
 from .loading import Checkpoint, load_model, open_checkpoint, open_tokenizer, resolve_device
+from .onnx_runtime import check_decoder, is_onnx_export, load_onnx_model
+
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass
@@ -50,7 +54,7 @@ class DiffusionLM:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, device="cpu", dtype=None, gguf_file: str | None = None
+        cls, path: str | Path, *, device="cpu", dtype=None, gguf_file: str | None = None, backend: str = "torch"
     ) -> "DiffusionLM":
         """Any supported folder (dlm, LLaDA, Dream, LLaMA/Qwen2/Mistral), GGUF file or LoRA adapter folder (its
         base with the adapter merged; see `dlm.hub.adapters`), with its tokenizer. Foreign folders get their
@@ -58,16 +62,29 @@ class DiffusionLM:
 
         dtype None: as stored, except on CPU, where weights are computed in float32 (half-precision matmuls on
         CPU round differently for different batch shapes, so a batch would not give exactly each prompt's
-        tokens alone); pass dtype="bf16" for speed."""
+        tokens alone); pass dtype="bf16" for speed.
+
+        backend: "torch", or "onnxruntime" for an ONNX export folder (`dlm export onnx`; float32, CPU): the model
+        is then an `OnnxDenoiser` the samplers drive as they drive the torch network. A folder holding ONNX
+        graphs and no safetensors opens with onnxruntime whatever `backend` says."""
+        check_choice("backend", backend, BACKENDS)
+        folder = resolve_location(path)
+        if backend == "onnxruntime" and folder.is_dir():  # before reading it: a folder of no model says so too
+            check_decoder(folder)
         ck = open_checkpoint(path, gguf_file)
-        if dtype is None and resolve_device(device).type == "cpu":
-            dtype = "fp32"
-        model = load_model(ck, device=device, dtype=dtype)
+        if backend == "onnxruntime" or is_onnx_export(ck):
+            model = load_onnx_model(ck, device=device, dtype=dtype)
+        else:
+            if dtype is None and resolve_device(device).type == "cpu":
+                dtype = "fp32"
+            model = load_model(ck, device=device, dtype=dtype)
         gen, diff = checkpoint_settings(ck)
         tokenizer = open_tokenizer(ck)
         return cls(model, tokenizer, gen, diff, str(ck.gguf_file or ck.folder))
 
     def save_pretrained(self, out_dir, **kw):
+        if not isinstance(self.model, torch.nn.Module):
+            raise ConfigError("backend", f"a {type(self.model).__name__} has no torch weights to save; load with torch")
         return save_pretrained(
             self.model,
             out_dir,

@@ -1,7 +1,9 @@
 """KV-cache hook. The network calls `cache.update(layer, k, v)` and attends to what it returns.
 
 A cache decides what to keep; the network never does. It also tells the network where its queries sit
-among the keys (`slots`), so the attention mask and positions line up with cached keys.
+among the keys (`slots`), so the attention mask and positions line up with cached keys, and, for a network
+that runs outside torch (an exported graph), which buffers a forward attends to before its K/V are written
+(`kv_buffers`).
 
 - `KVCache` appends: the AR KV cache (queries are the newest keys).
 - `CanvasCache` holds K/V for every slot of a fixed-length canvas (the diffusion sampler's prefix / dual
@@ -31,6 +33,23 @@ class KVCache:
         attends to. Appending: the queries are the last q_len of past + q_len keys."""
         past = len(self)
         return torch.arange(past, past + q_len, device=device)[None], past + q_len
+
+    def kv_buffers(
+        self, layer: int, shape: tuple[int, int, int, int], dtype=torch.float32, device=None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(keys, values (B, H_kv, K, D), write slots (1|B, L)) for a forward whose fresh K/V have `shape`
+        (B, H_kv, L, D): the buffers its queries attend to *before* this forward's K/V are written, and the slots
+        (along dim 2) they are to be written at. Scattering the fresh K/V there gives what `update` returns. A
+        network that cannot call `update` mid-forward (an exported graph, `dlm.hub.onnx_runtime`) scatters them
+        itself, then hands them to `update`, so the cache stores what it stores after a torch forward. Appending:
+        past keys followed by L zero slots (zeros alone while empty), slots past..past+L-1."""
+        fresh = torch.zeros(shape, dtype=dtype, device=device)
+        past = self.keys[layer].shape[2] if layer in self.keys else 0
+        slots = torch.arange(past, past + shape[2], device=device)[None]
+        if not past:
+            return fresh, torch.zeros_like(fresh), slots
+        cat = [torch.cat([kv[layer].to(dtype), fresh], dim=2) for kv in (self.keys, self.values)]
+        return cat[0], cat[1], slots
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if layer in self.keys:
@@ -89,6 +108,18 @@ class CanvasCache(KVCache):
         if self._window is None:
             return torch.arange(q_len, device=device)[None], q_len
         return self._window, self._keys_upto or self.length
+
+    def kv_buffers(self, layer, shape, dtype=torch.float32, device=None):
+        """Refresh: zeros of the forward's length, slots 0..L-1 (it attends to its own K/V only). Window: the
+        stored buffers up to keys_upto (zeros before a lazy cache's first write), slots = the window."""
+        if self._window is None:
+            fresh = torch.zeros(shape, dtype=dtype, device=device)
+            return fresh, torch.zeros_like(fresh), torch.arange(shape[2], device=device)[None]
+        upto = self._keys_upto or self.length
+        if layer not in self.keys:
+            past = torch.zeros((shape[0], shape[1], upto, shape[3]), dtype=dtype, device=device)
+            return past, torch.zeros_like(past), self._window
+        return self.keys[layer][:, :, :upto].to(dtype), self.values[layer][:, :, :upto].to(dtype), self._window
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._window is None:

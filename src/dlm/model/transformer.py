@@ -119,6 +119,32 @@ def build_attention_mask(
     )
 
 
+def attention_inputs(
+    cfg: ModelConfig,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    cache,
+    batch: int,
+    q_len: int,
+    device,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(position_ids (B, L), mask (B|1, 1, L, K) bool or None) of a forward of `q_len` queries: what
+    `Transformer.forward` computes before its first layer (the ONNX backend, `dlm.hub.onnx_runtime`, calls it too).
+
+    Where the queries sit among the keys comes from the cache (appended, or a window of a cached canvas);
+    default positions come from a 2-D key mask (left padding keeps a prompt's positions) or are those slots.
+    """
+    q_slots, k_len = cache.slots(batch, q_len, device) if cache is not None else (None, q_len)
+    if position_ids is None:
+        if attention_mask is not None and attention_mask.dim() == 2:
+            key_pos = key_positions(attention_mask, attention_mask.shape[1], device)
+            position_ids = key_pos[:, -q_len:] if q_slots is None else key_pos.gather(1, q_slots.expand(batch, -1))
+        else:
+            slots = q_slots if q_slots is not None else torch.arange(q_len, device=device)[None]
+            position_ids = slots.expand(batch, q_len)
+    return position_ids, build_attention_mask(cfg, attention_mask, q_len, k_len, device, q_slots)
+
+
 class Transformer(nn.Module):
     """Decoder-style stack; attention kind from the config. Weight names follow LLaMA's."""
 
@@ -175,18 +201,10 @@ class Transformer(nn.Module):
             raise InputError("input_ids", "pass exactly one of input_ids or inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, L = x.shape[:2]
-        # where the queries sit among the keys: the cache knows (appended, or a window of a cached canvas)
-        q_slots, k_len = cache.slots(B, L, x.device) if cache is not None else (None, L)
-        if position_ids is None:
-            if attention_mask is not None and attention_mask.dim() == 2:
-                key_pos = key_positions(attention_mask, attention_mask.shape[1], x.device)
-                position_ids = key_pos[:, -L:] if q_slots is None else key_pos.gather(1, q_slots.expand(B, -1))
-            else:
-                position_ids = (q_slots if q_slots is not None else torch.arange(L, device=x.device)[None]).expand(B, L)
+        position_ids, mask = attention_inputs(self.config, attention_mask, position_ids, cache, B, L, x.device)
         if self.config.learned_positions:
             x = x + self.embed_positions(position_ids)
         cos, sin = rope_cos_sin(position_ids, self.config.dim_head, self.config.rope_theta, x.dtype)
-        mask = build_attention_mask(self.config, attention_mask, L, k_len, x.device, q_slots)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, cache)
         if logits_index is not None:

@@ -11,7 +11,9 @@ from .base import Family
 
 MODEL_TYPE = "dlm"
 # Keys of a dlm config.json that are not ModelConfig fields.
-META_KEYS = {"model_type", "architectures", "torch_dtype", "diffusion", "dlm_version", "transformers_version", "quantization"}
+META_KEYS = {
+    "model_type", "architectures", "torch_dtype", "diffusion", "dlm_version", "transformers_version", "quantization",
+}  # fmt: skip
 
 
 class DLMFamily(Family):
