@@ -52,6 +52,11 @@ def test_quantised_builtins_agree_with_float_at_the_measured_rate(quantized, hel
     assert _argmax_agreement(ref, int4, heldout_ids) >= 0.75
     same = sum(int8.generate(p, gen_length=16)[0].text == ref.generate(p, gen_length=16)[0].text for p in PROMPTS)
     assert same >= 3
+    from dlm.eval import pack_texts, perplexity
+
+    windows = pack_texts([heldout_ids], ref.tokenizer, 128, 4 * 128)
+    ppl = [perplexity(lm.model, windows, diffusion_config=lm.diffusion_config, samples=2).ppl for lm in (ref, int8)]
+    assert abs(ppl[1] / ppl[0] - 1) < 0.05, ppl  # the likelihood paths (a quantised head is not fused) run too
     for lm in (int8, int4):  # generates real text, all tokens in the vocabulary
         c = lm.generate(PROMPTS[0], gen_length=16)[0]
         assert c.text.strip() and all(0 <= t < lm.model.config.vocab_size for t in c.tokens)

@@ -207,3 +207,21 @@ def test_cached_evaluations_are_keyed_on_weights_instances_and_settings(tmp_path
     assert len(calls) == 3
     measuring._cached_eval(folder, None, task, task.examples("test", 3, start=500), cache, {"steps": 4})
     assert len(calls) == 4  # other instances, same n
+
+
+def test_claim_8_reads_the_int8_diffusion_row_against_gpt2_small():
+    row = lambda model, fmt, added, **kw: {"model": model, "format": fmt, "backend": "torch", "file_mb": 12.7,  # noqa: E731
+                                           "added_mb": added, "peak_rss_mb": added + 400, "tok_s_b1": 50.0,
+                                           "ppl": 30.0, "same_as_fp32": 0.9, **kw}  # fmt: skip
+    m = _measurements()
+    m["edge"] = {"rows": [row("builtin", "fp32", 90.0), row("builtin", "int8", 60.0), row("builtin-ar", "int8", 55.0),
+                          row("gpt2-small", "fp32", 600.0)]}  # fmt: skip
+    v = {r["claim"]: r for r in claims.verdicts(m)}[8]
+    assert v["verdict"] == "confirmed" and "60 MB peak memory added" in v["measured"] and ": 10%" in v["measured"]
+    assert "12 W needs a power counter" in v["why"] and "AR twin int8 55 MB" in v["measured"]
+    m["edge"]["rows"][1]["added_mb"] = 200.0  # 33 % of GPT-2 small's
+    assert {r["claim"]: r for r in claims.verdicts(m)}[8]["verdict"] == "refuted"
+    m["edge"]["rows"][1]["error"] = "child failed"
+    assert {r["claim"]: r for r in claims.verdicts(m)}[8]["verdict"] == "not measured"
+    del m["edge"]
+    assert {r["claim"]: r for r in claims.verdicts(m)}[8]["verdict"] == "not measured"

@@ -219,6 +219,8 @@ class Transformer(nn.Module):
         return self.lm_head(hidden)
 
     @property
-    def head_weight(self) -> torch.Tensor:
-        """The (V, d) matrix `head` multiplies by (no bias): lets losses fuse the head with cross-entropy."""
-        return self.lm_head.weight
+    def head_weight(self) -> torch.Tensor | None:
+        """The (V, d) matrix `head` multiplies by (no bias): lets losses fuse the head with cross-entropy. None
+        when the head is quantised (a torchao tensor subclass: losses then call `head`)."""
+        w = self.lm_head.weight
+        return w if type(w) in (torch.Tensor, nn.Parameter) else None

@@ -11,10 +11,10 @@ without re-measuring), with the verdicts of rules.py and the plots of plots.py. 
 | 2 hallucination | facts task: hallucination rate of the diffusion model and its twin | runs/tasks/facts-* |
 | 3 diversity | distinct-n, self-BLEU at several temperatures, read at matched generative perplexity | SmolLM2 |
 | 4 energy | CPU-seconds and joules per generated token (same samples as 3) | |
-| 5 control | infilling with the suffix as a hard constraint: fills that parse in context | built-in models |
+| 5 control | JSON for a schema, free and under the same constraint engine, both twins | built-in models |
 | 6 reasoning | Sudoku, Countdown, arithmetic accuracy (and against NFE for diffusion) | runs/tasks/* |
 | 7 code | infilling exact match | built-in models |
-| 8 edge | not measured: dlm has no quantised/ONNX export | |
+| 8 edge | peak memory added, file size, speed, quality: int8 / fp32 / ONNX rows and GPT-2 small (dlm.bench.edge) | |
 | 9 multimodal | not measured: text only | |
 
 Verdicts follow fixed rules (`verdicts()`), stated in the report: one diffusion setting per claim, fixed before

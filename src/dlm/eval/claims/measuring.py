@@ -54,6 +54,18 @@ def _functions(data: str) -> list[str]:
     return code.extract_functions([d for _, d in iter_documents(sources) if isinstance(d, str)])
 
 
+EDGE_ROWS = [("fp32", "torch"), ("int8", "torch"), ("int4", "torch"), ("fp32", "onnxruntime"), ("int8", "onnxruntime")]
+
+
+def _edge(work: Path, data: str, quick: bool) -> dict:
+    """Claim 8: `dlm.bench.edge` rows (each in a fresh process) for both built-ins and GPT-2 small; the quantised
+    and exported folders are written under `work` (beside the task runs, outside the report)."""
+    from ...bench.edge import measure as measure_edge
+
+    rows = [("int8", "torch")] if quick else EDGE_ROWS
+    return {"rows": measure_edge(["builtin", "builtin-ar"], work, rows, data=data, n=4 if quick else 24)}
+
+
 def _control(diff, ar, functions, quick: bool) -> dict:
     """Claim 5: JSON for a schema, free and under the same constraint engine, same items for both twins."""
     from .. import code
@@ -265,6 +277,9 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
         if "control" not in m:  # measured since: cheap, and needs only the built-in pair
             log("control")
             m["control"] = _control(dlm.load("builtin"), dlm.load("builtin-ar"), _functions(data), quick)
+        if "edge" not in m:
+            log("edge")
+            m["edge"] = _edge(Path(tasks_root).parent / "edge", data, quick)
         m["seconds"] = earlier.get("seconds", 0.0) + time.perf_counter() - t0
         (out / "measurements.json").write_text(json.dumps(m, indent=1))
         return m
@@ -283,6 +298,8 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
     m["infill"] = _infill(diff, ar, code.infill_tasks(code.fit_to_model(diff, functions), n, 0, "line"))
     log("control")
     m["control"] = _control(diff, ar, functions, quick)
+    log("edge")
+    m["edge"] = _edge(Path(tasks_root).parent / "edge", data, quick)
     log("tasks")
     m["tasks"] = _tasks(Path(tasks_root), 10 if quick else 200, log)
     m["training"] = _training_curves(Path(tasks_root))
