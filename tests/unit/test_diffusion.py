@@ -110,6 +110,39 @@ def test_sft_loss_never_masks_the_prompt_and_normalises_per_answer():
     assert float(out.loss) == pytest.approx(expected, rel=1e-5)
 
 
+def test_suffix_rows_mask_a_nonempty_suffix_of_the_answer_and_cost_its_cross_entropy():
+    """diffusion.suffix_mask_prob: a chosen row's masked positions are exactly a non-empty suffix of its answer
+    (prompt and the answer before the cut clean), at t = 1: the loss is the suffix's CE (linear w(1) = 1) over the
+    answer length, by hand with uniform logits."""
+    V = 8
+    B, L = 64, 10
+    model = FixedLogits(torch.zeros(B, L, V))
+    diff = MaskedDiffusion(DiffusionConfig(schedule="linear", suffix_mask_prob=0.999), mask_token_id=MASK)
+    ids = torch.randint(4, V, (B, L))
+    prompt_lengths = torch.randint(1, 6, (B,))
+    out = diff.sft_loss(model, ids, prompt_lengths, generator=torch.Generator().manual_seed(0))
+    masked = model.seen[0] == MASK
+    cuts = []
+    for b in range(B):
+        m = masked[b].nonzero()[:, 0]
+        assert m.numel() >= 1 and int(m[0]) >= int(prompt_lengths[b])  # never the prompt
+        assert torch.equal(m, torch.arange(int(m[0]), L))  # a suffix: from the cut to the end
+        cuts.append(int(m[0]) - int(prompt_lengths[b]))
+    assert len(set(cuts)) > 3  # the cut is drawn, not fixed
+    expected = sum(float(masked[b].sum()) * math.log(V - 1) / (L - int(prompt_lengths[b])) for b in range(B)) / B
+    assert float(out.loss) == pytest.approx(expected, rel=1e-5)
+    off = MaskedDiffusion(DiffusionConfig(schedule="linear"), mask_token_id=MASK)  # default: unchanged draws
+    off.sft_loss(model, ids, prompt_lengths, generator=torch.Generator().manual_seed(0))
+    diff_half = MaskedDiffusion(DiffusionConfig(schedule="linear", suffix_mask_prob=0.0), mask_token_id=MASK)
+    diff_half.sft_loss(model, ids, prompt_lengths, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.seen[1], model.seen[2])
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="suffix_mask_prob"):
+            DiffusionConfig(suffix_mask_prob=bad)
+    with pytest.raises(ConfigError, match="the masked process only"):
+        DiffusionConfig(process="uniform", suffix_mask_prob=0.5)
+
+
 def test_random_length_truncation_shortens_the_batch():
     model = FixedLogits(torch.zeros(2, 32, 8))
     diff = MaskedDiffusion(DiffusionConfig(random_length_prob=1.0), mask_token_id=MASK)

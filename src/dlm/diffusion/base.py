@@ -51,6 +51,12 @@ class DiffusionConfig:
     # masked token's CE becomes alpha * (1 - exp(-CE))^gamma * CE in the training losses, so hard tokens weigh
     # more. Training only: the held-out bound stays the ELBO. null = off.
     token_reweighting: list[float] | None = None
+    # SFT only (the masked process): the share of training rows whose noise is a suffix of the answer: a cut drawn
+    # uniformly among the answer's positions, everything from it on masked, everything before it clean. Such a
+    # row asks for a token with nothing after it visible, as left-to-right and semi-autoregressive decoding do,
+    # which random masking rarely asks when later tokens repeat earlier ones (a Countdown step's result is the
+    # next step's operand: a model can learn to copy it back instead of computing it). 0 = off. Training only.
+    suffix_mask_prob: float = 0.0
 
     def __post_init__(self) -> None:
         _load_builtin_processes()
@@ -79,6 +85,10 @@ class DiffusionConfig:
                     f"got {self.token_reweighting!r}; must be [alpha, gamma] with alpha > 0 and gamma >= 0, or null",
                 )
             self.token_reweighting = [a, g]
+        if not 0.0 <= self.suffix_mask_prob < 1.0:
+            raise ConfigError("diffusion.suffix_mask_prob", f"got {self.suffix_mask_prob}; must be in [0, 1)")
+        if self.suffix_mask_prob and self.process != "masked":
+            raise ConfigError("diffusion.suffix_mask_prob", f"the masked process only; process is {self.process!r}")
         if not 0.0 <= self.random_length_prob <= 1.0:
             raise ConfigError("diffusion.random_length_prob", f"got {self.random_length_prob}; must be in [0, 1]")
 

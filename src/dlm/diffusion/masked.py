@@ -164,12 +164,28 @@ class MaskedDiffusion(NoiseProcess):
         B = input_ids.shape[0]
         answer = self.answer_positions(input_ids, prompt_lengths, attention_mask, answer_mask)
         t = self.training_t(model, input_ids, attention_mask, generator, shard)
-        xt, masked = self.add_noise(input_ids, t, generator, answer, shard)
+        maskable = answer
+        if self.config.suffix_mask_prob > 0:
+            t, maskable = self.suffix_rows(t, answer, generator, shard)
+        xt, masked = self.add_noise(input_ids, t, generator, maskable, shard)
         answer_len = answer.sum(1).clamp(min=1).float()
         w = self.schedule.weight(t.float())
         w = w / (answer_len if w.dim() == 1 else answer_len[:, None])
         total, n_masked = self.weighted_masked_ce(model, xt, input_ids, masked, w, attention_mask)
         return LossOutput(total / B, int(answer.sum()), n_masked)
+
+    def suffix_rows(self, t, answer, generator=None, shard=(0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+        """diffusion.suffix_mask_prob: ((B, L) noise levels, (B, L) maskable) where a drawn share of rows has its
+        answer cut at a uniform position: from the cut on t = 1 (every token masked, ELBO weight w(1)), before it
+        nothing maskable (clean); the other rows keep their level t and the whole answer."""
+        B, L = answer.shape
+        rank, world = shard
+        u = rand((B * world, 2), generator, answer.device)[rank::world]
+        chosen = (u[:, 0] < self.config.suffix_mask_prob)[:, None]
+        cut = (u[:, 1] * answer.sum(1)).floor()[:, None]  # 0 .. n-1: at least one token is masked
+        suffix = answer & ((answer.cumsum(1) - 1) >= cut)
+        t = t[:, None].expand(B, L) if t.dim() == 1 else t
+        return torch.where(chosen, torch.ones_like(t), t), torch.where(chosen, suffix, answer)
 
     # ---- likelihood -------------------------------------------------------------------------
     @torch.no_grad()
