@@ -111,10 +111,14 @@ def _target_section(m: dict, name: str) -> list[str]:
     if len(rows) > 1:
         best, worst = max(rows, key=lambda r: r["accuracy"]), min(rows, key=lambda r: r["accuracy"])
         nfes = ", ".join(f"{r['nfe_mean']:.0f}" for r in rows)
-        lines.append(
-            f"- **Decoding.** Across the measured step counts ({nfes} NFE) accuracy ranges {worst['accuracy']:.0%}–"
-            f"{best['accuracy']:.0%}; the best is at {best['nfe_mean']:.0f} NFE."
-        )
+        if best["accuracy"] == worst["accuracy"]:
+            lines.append(f"- **Decoding.** Accuracy is {best['accuracy']:.0%} at every measured step count "
+                         f"({nfes} NFE): more or fewer denoising steps do not change it.")  # fmt: skip
+        else:
+            lines.append(
+                f"- **Decoding.** Across the measured step counts ({nfes} NFE) accuracy ranges "
+                f"{worst['accuracy']:.0%}–{best['accuracy']:.0%}; the best is at {best['nfe_mean']:.0f} NFE."
+            )
     lines += ["", f"Reproduce or extend: raise `train.max_steps` in `examples/configs/tasks/{name}-*.yaml` "
               f"(resume continues a run) and rerun `bash scripts/tasks_headtohead.sh {name}` and "
               "`dlm eval claims --tasks-only`.", ""]  # fmt: skip
