@@ -191,6 +191,9 @@ def run_record(folder: Path) -> dict | None:
     if not recs:
         return None
     run = {"steps": recs[-1]["step"], "tokens": recs[-1].get("tokens"), "loss_curve": loss_curve(recs)}
+    speeds = sorted(r["tok_s"] for r in recs if r.get("tok_s"))
+    if speeds and run["tokens"]:  # the run's own median training speed: what a longer budget would cost here
+        run["tok_s"] = speeds[len(speeds) // 2]
     try:
         rc = json.loads((run_dir / "run_config.json").read_text())
         meta = json.loads((run_dir / "data" / "meta.json").read_text())

@@ -103,9 +103,16 @@ def _target_section(m: dict, name: str) -> list[str]:
     run = tr.get(f"{name}-diffusion", {})
     if "examples_seen" in run:
         seen, n = run["examples_seen"], run["train_examples"]
+        more = epochs / (seen / n)
+        cost = ""
+        if run.get("tok_s") and run.get("tokens"):
+            hours = more * run["tokens"] / run["tok_s"] / 3600
+            verdict = "beyond this machine: a GPU's job" if hours > 24 else "within this machine's reach"
+            cost = (f" At this run's median speed ({run['tok_s']:,.0f} training tokens/s) that budget is about "
+                    f"{hours:,.0f} hours here, {verdict}.")  # fmt: skip
         lines.append(
             f"- **The budget is far below the literature's.** Each twin saw {seen:,} examples ({seen / n:.1f} epochs "
-            f"of {n:,} training items); the anchor paper's {recipe}: {epochs / (seen / n):.0f}× our number of epochs."
+            f"of {n:,} training items); the anchor paper's {recipe}: {more:.0f}× our number of epochs.{cost}"
         )
     rows = t["diffusion"]
     if len(rows) > 1:
