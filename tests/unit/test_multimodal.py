@@ -90,3 +90,45 @@ def test_tokenizer_fit_is_deterministic_and_bad_input_is_named(tokenizer, tmp_pa
         tokenizer.decode([96] * 64)
     with pytest.raises(CheckpointError, match="not an image tokenizer"):
         ImageTokenizer.load(tmp_path)
+
+
+def test_one_vocabulary_for_text_and_pictures(tokenizer, tmp_path):
+    """Image codes are single ids after the text vocabulary; text encodes as before; a picture round-trips through
+    token ids (also inside a chat); the tokenizer saves and loads with them."""
+    from dlm.multimodal import IMAGE_BEGIN, image_codes, image_text, with_image_tokens
+    from dlm.tokenizer import DLMTokenizer, train_tokenizer
+
+    (tmp_path / "a.txt").write_text("a red circle above a blue square\nWhat colour is the circle? red\n" * 50)
+    text = train_tokenizer([tmp_path / "a.txt"], vocab_size=300)
+    mm = with_image_tokens(text, 96)
+    assert mm.vocab_size == text.vocab_size + 98 and mm.token_to_id(IMAGE_BEGIN) == text.vocab_size
+    assert mm.encode("a red circle above") == text.encode("a red circle above")
+    codes = tokenizer.encode(render(scenes("test", 1)[0]))
+    ids = mm.encode("draw: " + image_text(codes))
+    assert len(ids) == len(mm.encode("draw: ")) + 66 and image_codes(mm, ids, 64) == codes
+    chat = mm.apply_chat_template([{"role": "user", "content": image_text(codes) + " describe the picture"}],
+                                  add_generation_prompt=True, tokenize=False)  # fmt: skip
+    assert image_codes(mm, mm.encode(chat), 64) == codes
+    assert image_codes(mm, ids[:-1], 64) is None and image_codes(mm, mm.encode("no picture"), 64) is None
+    mm.save(tmp_path / "mm")
+    assert DLMTokenizer.from_dir(tmp_path / "mm").encode(image_text(codes)) == mm.encode(image_text(codes))
+    assert with_image_tokens(mm, 96).vocab_size == mm.vocab_size  # adding twice adds nothing
+
+
+def test_sft_chats_cover_every_kind_with_whole_pictures(tokenizer, tmp_path):
+    import json
+
+    from dlm.multimodal import KINDS, image_text, write_sft
+
+    counts = write_sft(tmp_path / "test.jsonl", tokenizer, "test")
+    rows = [json.loads(line) for line in (tmp_path / "test.jsonl").read_text().splitlines()]
+    n = len(scenes("test"))
+    assert set(counts) == set(KINDS) and counts["draw"] == counts["describe"] == counts["text"] == n
+    assert counts["vqa"] == sum(len(s.questions()) for s in scenes("test")) and counts["digit"] == len(digits("test"))
+    assert len(rows) == sum(counts.values())
+    draw = next(r for r in rows if r["kind"] == "draw")
+    caption = draw["messages"][0]["content"].removeprefix("draw: ")
+    scene = next(s for s in scenes("test") if s.caption() == caption)
+    assert draw["messages"][1]["content"] == image_text(tokenizer.encode(render(scene)))
+    digit = next(r for r in rows if r["kind"] == "digit")
+    assert digit["messages"][1]["content"] in set("0123456789")
