@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 
 from ..errors import InputError
 from .common import data_app, tok_app
 
-CORPORA = ("python",)
+CORPORA = ("python", "multimodal")
 
 
 @data_app.command("prepare")
 def data_prepare(
-    name: str = typer.Argument(..., help="Corpus to build: python (stdlib source + Python docs)."),
-    out: Path = typer.Option(Path("data/python"), "--out", help="Folder for {train,valid,test}.jsonl."),
+    name: str = typer.Argument(
+        ..., help="Corpus to build: python (stdlib source + Python docs) | multimodal (rendered scenes, digits)."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: data/NAME)."),
     no_docs: bool = typer.Option(False, "--no-docs", help="Skip the Debian python3.11-doc sources."),
     cache_dir: Path = typer.Option(Path("~/.cache/dlm/debian"), "--cache-dir", help="Download cache."),
 ):
@@ -26,7 +28,14 @@ def data_prepare(
 
     if name not in CORPORA:
         raise InputError("NAME", f"got {name!r}; allowed: {', '.join(CORPORA)}")
+    out = out or Path("data") / name
     t0 = time.perf_counter()
+    if name == "multimodal":
+        from ..multimodal.data import prepare
+
+        m = prepare(out, log=lambda msg: typer.echo(msg, err=True))
+        typer.echo(f"corpus {name!r} in {out} ({time.perf_counter() - t0:.1f} s): rows {m['rows']}")
+        return
     m = prepare_python_corpus(
         out, include_docs=not no_docs, cache_dir=cache_dir, log=lambda msg: typer.echo(msg, err=True)
     )

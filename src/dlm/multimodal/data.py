@@ -50,3 +50,35 @@ def write_sft(path, image_tokenizer: ImageTokenizer, split: str, seed: int = 0) 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {k: sum(r["kind"] == k for r in rows) for k in KINDS}
+
+
+def prepare(out_dir, *, codes: int = 96, text_vocab: int = 512, seed: int = 0, log=lambda m: None) -> dict:
+    """Everything the multimodal configs read, under `out_dir`: `image_tokenizer/` (fitted on the train scenes and
+    digits), `tokenizer/` (a byte-level BPE on the chats' words + the image tokens), `train.jsonl`, `test.jsonl`
+    and `manifest.json` (counts, the image tokenizer's held-out error). Deterministic under `seed`."""
+    from ..tokenizer import train_tokenizer
+    from .vocab import with_image_tokens
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_pictures = [render(s) for s in scenes("train")] + [im for im, _ in digits("train")]
+    log(f"image tokenizer: {codes} codes over {len(train_pictures)} train pictures")
+    image_tok = ImageTokenizer.fit(train_pictures, codes=codes, seed=seed)
+    image_tok.save(out / "image_tokenizer")
+    held_out = {"scenes": image_tok.error([render(s) for s in scenes("test")]),
+                "digits": image_tok.error([im for im, _ in digits("test")])}  # fmt: skip
+    rows = {split: chats(image_tok, split, seed) for split in ("train", "test")}
+    # the BPE learns the words around the pictures (image tokens are added whole afterwards)
+    words = [m["content"].split("<|eoi|>")[-1] for r in rows["train"] for m in r["messages"]]
+    words = [w for w in words if "<|boi|>" not in w]
+    text_tok = train_tokenizer([], text_vocab, texts=words)
+    with_image_tokens(text_tok, codes).save(out / "tokenizer")
+    counts = {}
+    for split, r in rows.items():
+        (out / f"{split}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in r))
+        counts[split] = {k: sum(x["kind"] == k for x in r) for k in KINDS}
+    manifest = {"codes": codes, "tokens_per_image": image_tok.tokens_per_image, "image_size": image_tok.size,
+                "image_tokenizer_fit": image_tok.fit_error, "image_tokenizer_held_out": held_out, "rows": counts,
+                "seed": seed}  # fmt: skip
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -100,7 +100,8 @@ class ImageTokenizer:
         return Image.fromarray((arr * 255).round().astype(np.uint8))
 
     def error(self, images) -> dict:
-        """Mean absolute error per channel (0–255) and PSNR (dB) of decode(encode(x)) against x (resized)."""
+        """Mean absolute error per channel (0–255) and PSNR (dB; None when every picture comes back exactly) of
+        decode(encode(x)) against x (resized)."""
         mae, mse, n = 0.0, 0.0, 0
         for im in images:
             x = _rgb_array(im, self.size) * 255
@@ -111,7 +112,7 @@ class ImageTokenizer:
         if n == 0:
             raise InputError("images", "no images to measure")
         mse /= n
-        return {"mae": mae / n, "psnr": 10 * math.log10(255**2 / mse) if mse > 0 else float("inf"), "images": n}
+        return {"mae": mae / n, "psnr": 10 * math.log10(255**2 / mse) if mse > 0 else None, "images": n}  # None: exact
 
     def save(self, folder) -> Path:
         from safetensors.torch import save_file
