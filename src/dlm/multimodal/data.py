@@ -43,13 +43,17 @@ def chats(image_tokenizer: ImageTokenizer, split: str, seed: int = 0) -> list[di
     return rows
 
 
-def write_sft(path, image_tokenizer: ImageTokenizer, split: str, seed: int = 0) -> dict:
-    """Write `chats(...)` as JSONL at `path`; returns the count per kind."""
-    rows = chats(image_tokenizer, split, seed)
+def _write(path, rows: list[dict]) -> dict:
+    """Rows as JSONL at `path`; returns the count per kind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {k: sum(r["kind"] == k for r in rows) for k in KINDS}
+
+
+def write_sft(path, image_tokenizer: ImageTokenizer, split: str, seed: int = 0) -> dict:
+    """Write `chats(...)` as JSONL at `path`; returns the count per kind."""
+    return _write(path, chats(image_tokenizer, split, seed))
 
 
 def prepare(out_dir, *, codes: int = 96, text_vocab: int = 512, seed: int = 0, log=lambda m: None) -> dict:
@@ -73,10 +77,7 @@ def prepare(out_dir, *, codes: int = 96, text_vocab: int = 512, seed: int = 0, l
     words = [w for w in words if "<|boi|>" not in w]
     text_tok = train_tokenizer([], text_vocab, texts=words)
     with_image_tokens(text_tok, codes).save(out / "tokenizer")
-    counts = {}
-    for split, r in rows.items():
-        (out / f"{split}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in r))
-        counts[split] = {k: sum(x["kind"] == k for x in r) for k in KINDS}
+    counts = {split: _write(out / f"{split}.jsonl", r) for split, r in rows.items()}
     manifest = {"codes": codes, "tokens_per_image": image_tok.tokens_per_image, "image_size": image_tok.size,
                 "image_tokenizer_fit": image_tok.fit_error, "image_tokenizer_held_out": held_out, "rows": counts,
                 "seed": seed}  # fmt: skip
