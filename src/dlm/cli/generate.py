@@ -51,6 +51,13 @@ def generate(
         help="An instruction put before the prompt that classifier-free guidance (--cfg-scale > 0) pushes toward.",
     ),  # fmt: skip
     show_steps: bool = typer.Option(False, "--show-steps", help="Animate the denoising in the terminal."),
+    image_out: Optional[Path] = typer.Option(
+        None, "--image-out", help="A multimodal model draws the prompt (a caption) and writes the picture here (PNG)."
+    ),
+    image: Optional[Path] = typer.Option(
+        None, "--image", help="A picture (PNG/JPEG, resized to the model's resolution) the prompt asks about "
+        "(multimodal models; 'describe the picture' asks for a caption).",
+    ),  # fmt: skip
     as_json: bool = json_option("One JSON object per line per prompt."),
     dtype: Optional[str] = dtype_option(),
     device: str = device_option(),
@@ -63,6 +70,11 @@ def generate(
     if system is not None and chat is None:
         raise InputError("--system", "only applies with --chat")
     structured = _structured_output(regex, json_schema, json_object, grammar)
+    if image_out is not None or image is not None:
+        others = {"--chat": chat, "--template": template, "--steer": steer, "--guide-with": guide_with,
+                  "--regex/--json-schema/--json-object/--grammar": structured, "--show-steps": show_steps or None}
+        return _pictures(prompts, image_out, image, others, sampling, as_json,
+                         load_model(model, dtype, device, gguf_file, backend))  # fmt: skip
     if (steer is None) != (steer_at is None):
         raise InputError("--steer" if steer is None else "--steer-at", "--steer and --steer-at go together")
     if steer is not None and (chat is not None or show_steps):
@@ -113,6 +125,36 @@ def generate(
             typer.echo(o.filled if "<|mask|>" in o.prompt else o.prompt + o.text)
             if len(outs) > 1:
                 typer.echo("-" * 40)
+
+
+def _pictures(prompts, image_out, image, others, sampling, as_json, lm) -> None:
+    """--image-out (draw the prompt) or --image (ask the prompt about a picture): one prompt, a multimodal model."""
+    from ..multimodal import ask, draw
+
+    flag = "--image-out" if image_out is not None else "--image"
+    if image_out is not None and image is not None:
+        raise InputError("--image", "pass --image (a picture to ask about) or --image-out (one to draw), not both")
+    for name, value in others.items():
+        if value is not None:
+            raise InputError(name, f"does not go with {flag}")
+    if not prompts or len(prompts) != 1:
+        raise InputError("PROMPTS", f"{flag} takes exactly one prompt")
+    if image is not None and not image.is_file():
+        raise InputError("--image", f"{image} is not a file")
+    t0 = time.perf_counter()
+    if image_out is not None:
+        picture, o = draw(lm, prompts[0], **given(sampling))
+        image_out.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(image_out, format="PNG")
+        text = str(image_out)
+    else:
+        o = ask(lm, str(image), prompts[0], **given(sampling))[0]
+        text = o.text
+    if as_json:
+        echo_json({"prompt": prompts[0], "text": text, "image": str(image_out or image), "nfe": o.nfe,
+                   "steps": o.steps, "seconds": round(time.perf_counter() - t0, 4)})  # fmt: skip
+    else:
+        typer.echo(f"wrote {text}" if image_out is not None else text)
 
 
 def _structured_output(regex, json_schema, json_object, grammar):

@@ -243,7 +243,7 @@ class MaskedDiffusion(NoiseProcess):
         return -total / mc_samples
 
 
-COMMIT_SCHEDULES = ("even", "dream")
+COMMIT_SCHEDULES = ("even", "dream", "cosine")
 PROPOSALS = ("gumbel", "categorical")
 
 
@@ -255,7 +255,9 @@ class MaskedReverse(ReverseProcess):
     (the first c % steps steps one more, at least one per step); `dream` — Dream: on the float32 time grid
     t = linspace(1, schedule_eps, steps + 1), step i commits floor(n_masked * f_i) with f_i the noise schedule's
     (alpha_s - alpha_t) / (1 - alpha_t) (1 - s/t for the linear schedule, Dream's own expression), everything
-    at the last step. Proposals (GenerationConfig.proposal), for temperature > 0: `gumbel` — LLaDA: Gumbel-max
+    at the last step; `cosine` — MaskGIT (Chang et al. 2022; pictures): after step i of S,
+    floor(c cos(pi/2 (i+1)/S)) of the block's c masks are left, so few commits come first and many at the end (at
+    least one a step). Proposals (GenerationConfig.proposal), for temperature > 0: `gumbel` — LLaDA: Gumbel-max
     over the top-k/top-p filtered logits / T, confidences from the untempered distribution; `categorical` —
     Dream: logits / T, then top-p, then top-k, tokens drawn from that distribution with the row's generator,
     confidences from it too. Greedy (T = 0) is the argmax in both."""
@@ -292,6 +294,9 @@ class MaskedReverse(ReverseProcess):
             c0, steps = ctx.noisy_at_block_start, ctx.steps
             k = c0 // steps + (ctx.step < c0 % steps).long()
             return torch.minimum(k.clamp(min=1), remaining)
+        if self.config.schedule == "cosine":
+            left = torch.floor(ctx.noisy_at_block_start * torch.cos(math.pi / 2 * (ctx.step + 1) / ctx.steps))
+            return torch.minimum((remaining - left.long()).clamp(min=1), remaining)
         return (remaining.float() * fraction).long()
 
     def propose(self, logits: torch.Tensor, ctx: StepContext, where: torch.Tensor):

@@ -21,6 +21,7 @@ from .loading import Checkpoint, load_model, open_checkpoint, open_tokenizer, re
 from .onnx_runtime import check_decoder, is_onnx_export, load_onnx_model
 
 BACKENDS = ("torch", "onnxruntime")
+IMAGE_TOKENIZER_DIR = "image_tokenizer"  # the subfolder a multimodal model keeps its image tokenizer in
 
 
 @dataclass
@@ -44,12 +45,14 @@ class DiffusionLM:
         generation_config: GenerationConfig | None = None,
         diffusion_config: DiffusionConfig | None = None,
         path: str | None = None,
+        image_tokenizer=None,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.generation_config = generation_config or GenerationConfig()
         self.diffusion_config = diffusion_config or DiffusionConfig()
         self.path = path
+        self.image_tokenizer = image_tokenizer  # a multimodal model's picture <-> codes (dlm.multimodal), else None
         self._grammars: GrammarCompiler | None = None
 
     @classmethod
@@ -80,12 +83,17 @@ class DiffusionLM:
             model = load_model(ck, device=device, dtype=dtype)
         gen, diff = checkpoint_settings(ck)
         tokenizer = open_tokenizer(ck)
-        return cls(model, tokenizer, gen, diff, str(ck.gguf_file or ck.folder))
+        image_tok = None
+        if (ck.folder / IMAGE_TOKENIZER_DIR).is_dir():  # a multimodal model: pictures as tokens (issue 20)
+            from ..multimodal.image_tokenizer import ImageTokenizer
+
+            image_tok = ImageTokenizer.load(ck.folder / IMAGE_TOKENIZER_DIR)
+        return cls(model, tokenizer, gen, diff, str(ck.gguf_file or ck.folder), image_tok)
 
     def save_pretrained(self, out_dir, **kw):
         if not isinstance(self.model, torch.nn.Module):
             raise ConfigError("backend", f"a {type(self.model).__name__} has no torch weights to save; load with torch")
-        return save_pretrained(
+        out = save_pretrained(
             self.model,
             out_dir,
             tokenizer=self.tokenizer,
@@ -93,6 +101,9 @@ class DiffusionLM:
             diffusion_config=self.diffusion_config,
             **kw,
         )
+        if self.image_tokenizer is not None:
+            self.image_tokenizer.save(Path(out) / IMAGE_TOKENIZER_DIR)
+        return out
 
     def make_config(self, config: GenerationConfig | None = None, **overrides) -> GenerationConfig:
         base = dataclasses.asdict(config or self.generation_config)
@@ -128,13 +139,15 @@ class DiffusionLM:
         structured_output: StructuredOutput | dict | None = None,
         steer: tuple[int, str | list[str]] | None = None,
         guide_with: str | None = None,
+        logits_processors=(),
         **overrides,
     ) -> list[Completion]:
         """Continue each prompt (and fill up to its suffix: infilling). `templates`: see chat_batch;
         `structured_output`: what every completion must match (see chat_batch); `steer` = (step, new prompt(s)):
         from that denoising step on, each row is denoised under its new prompt, what it has settled kept
         (diffusion models). `guide_with`: an instruction put before each prompt that classifier-free guidance
-        (cfg_scale > 0) pushes toward: the unconditional pass hides only the instruction (attribute guidance)."""
+        (cfg_scale > 0) pushes toward: the unconditional pass hides only the instruction (attribute guidance).
+        `logits_processors`: `dlm.sampling.processors.LogitsProcessor`s applied at every step before sampling."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = [self.tokenizer.encode_prompt(p) for p in prompts]
         hide = None
@@ -158,7 +171,7 @@ class DiffusionLM:
             new = [new] * len(prompts) if isinstance(new, str) else list(new)
             st = (int(at), [self.tokenizer.encode_prompt(p) for p in new])
         cfg = self.make_config(config, **overrides)
-        return self._complete(prompts, ids, cfg, streamer, sfx, tpl, cons, st, hide)
+        return self._complete(prompts, ids, cfg, streamer, sfx, tpl, cons, st, hide, logits_processors)
 
     def _constraints(self, specs) -> list | None:
         if all(s is None for s in specs):
@@ -181,12 +194,23 @@ class DiffusionLM:
             out.append(compiled[id(s)])
         return out
 
-    def _templates(self, templates: list[str] | None, n: int) -> list[list[int]] | None:
+    def _templates(self, templates: list | None, n: int) -> list[list[int]] | None:
+        """Each template as ids: a str through `encode_template`, a list of ids as given (the mask token for
+        each free one: a template with special tokens locked in it, e.g. a picture's <|boi|> ... <|eoi|>)."""
         if templates is None:
             return None
         if len(templates) != n:
             raise InputError("templates", f"got {len(templates)} templates for {n} prompts")
-        return [self.tokenizer.encode_template(t, f"templates[{i}]") for i, t in enumerate(templates)]
+        out = []
+        for i, t in enumerate(templates):
+            if isinstance(t, (list, tuple)):
+                v = self.model.config.vocab_size
+                if not all(isinstance(x, int) and 0 <= x < v for x in t):
+                    raise InputError(f"templates[{i}]", f"token ids must be ints in [0, {v})")
+                out.append(list(t))
+            else:
+                out.append(self.tokenizer.encode_template(t, f"templates[{i}]"))
+        return out
 
     def chat(
         self, messages: str | list[dict], config: GenerationConfig | None = None, *, streamer=None,
@@ -203,14 +227,16 @@ class DiffusionLM:
 
     def chat_batch(
         self, conversations: list[list[dict]], config: GenerationConfig | None = None, *, streamer=None,
-        templates: list[str] | None = None, structured_outputs: list | None = None, **overrides,
+        templates: list | None = None, structured_outputs: list | None = None, logits_processors=(),
+        **overrides,
     ) -> list[Completion]:  # fmt: skip
         """Answer several conversations in one batch (each through the chat template; rows are independent).
         `templates` (one per conversation): answer templates, "<|mask|>" for each token the model writes and the
         text between locked in place (`Tokenizer.encode_template`); gen_length must hold the longest.
         `structured_outputs` (one per conversation, None for free text): a `StructuredOutput` or its fields as a
         dict ({"regex": ...}, {"json": schema}, {"json_object": True}, {"grammar": lark}); the answer then
-        matches it whenever it can within gen_length (`dlm.sampling.constraints`)."""
+        matches it whenever it can within gen_length (`dlm.sampling.constraints`). A template may also be a list of
+        token ids (the mask token for each free one). `logits_processors`: see `generate`."""
         texts = [
             self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations
         ]
@@ -221,10 +247,11 @@ class DiffusionLM:
                 "structured_outputs", f"got {len(structured_outputs)} for {len(conversations)} conversations"
             )
         cons = self._constraints(structured_outputs or [None] * len(conversations))
-        return self._complete(texts, ids, self.make_config(config, **overrides), streamer, None, tpl, cons)
+        cfg = self.make_config(config, **overrides)
+        return self._complete(texts, ids, cfg, streamer, None, tpl, cons, logits_processors=logits_processors)
 
     def _complete(self, prompts, ids, cfg, streamer, sfx, templates=None, constraints=None,
-                  steer=None, cfg_hide=None) -> list[Completion]:  # fmt: skip
+                  steer=None, cfg_hide=None, logits_processors=()) -> list[Completion]:  # fmt: skip
         if self.is_causal:  # the AR twin: left-to-right with a KV cache
             if sfx is not None:
                 raise InputError(
@@ -234,11 +261,12 @@ class DiffusionLM:
                 )
             out = generate_autoregressive(self.model, ids, cfg, streamer=streamer, templates=templates,
                                           mask_token_id=self.tokenizer.mask_token_id,
-                                          constraints=constraints)  # fmt: skip
+                                          constraints=constraints, logits_processors=logits_processors)  # fmt: skip
         else:
             out = generate(self.model, ids, cfg, suffixes=sfx, streamer=streamer, process=self.process,
                            templates=templates, mask_token_id=self.tokenizer.mask_token_id,
-                           constraints=constraints, steer=steer, cfg_hide=cfg_hide)  # fmt: skip
+                           constraints=constraints, steer=steer, cfg_hide=cfg_hide,
+                           logits_processors=logits_processors)  # fmt: skip
         return [
             Completion(
                 p,

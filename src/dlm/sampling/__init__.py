@@ -3,11 +3,12 @@
 from .config import GenerationConfig
 from .generate import GenerationOutput, generate
 from ..diffusion.policies import POLICIES, StepInputs, UnmaskPolicy, get_policy, register_policy
-from .processors import LogitsProcessor, NoRepeatNGram, SuppressTokens, top_k_top_p_filter
+from .processors import AllowTokens, LogitsProcessor, NoRepeatNGram, SuppressTokens, top_k_top_p_filter
 from .streamer import CallbackStreamer, RecordingStreamer, StepEvent, Streamer
 
 __all__ = [
     "POLICIES",
+    "AllowTokens",
     "CallbackStreamer",
     "GenerationConfig",
     "GenerationOutput",

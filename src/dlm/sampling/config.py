@@ -18,7 +18,7 @@ class GenerationConfig:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     policy: str = "low_confidence"  # unmask policy name (see dlm.sampling.POLICIES)
-    schedule: str = "even"  # commit schedule: even (LLaDA) | dream (floor(n (a_s - a_t)/(1 - a_t)) on Dream's grid)
+    schedule: str = "even"  # commit schedule: even (LLaDA) | dream (Dream's time grid) | cosine (MaskGIT, pictures)
     schedule_eps: float = 1e-3  # dream schedule: the time grid is linspace(1, schedule_eps, steps + 1)
     proposal: str = "gumbel"  # temperature > 0: gumbel (LLaDA) | categorical (Dream: tempered, filtered, sampled)
     cfg_scale: float = 0.0  # classifier-free guidance weight w: u + (w+1)(c - u); 0 = off

@@ -28,6 +28,20 @@ class SuppressTokens(LogitsProcessor):
         return scores
 
 
+class AllowTokens(LogitsProcessor):
+    """Propose only these token ids (everything else -inf): e.g. a picture's slots take image codes only."""
+
+    def __init__(self, token_ids):
+        self.token_ids = sorted(set(int(t) for t in token_ids))
+        if not self.token_ids:
+            raise ValueError("AllowTokens needs at least one token id")
+
+    def __call__(self, input_ids, scores, positions):
+        keep = torch.full_like(scores, float("-inf"))
+        keep[..., self.token_ids] = 0.0
+        return scores + keep
+
+
 class NoRepeatNGram(LogitsProcessor):
     """Never propose a token that would repeat an n-gram already in the row (Hugging Face's
     `no_repeat_ngram_size`). For slot q and each n-slot window through q whose other n-1 slots are decided,

@@ -54,6 +54,10 @@ def build_tokenizer(cfg: RunConfig, out: Path, env: D.DistEnv, init_checkpoint=N
     from ..tokenizer import DLMTokenizer
 
     tc = cfg.tokenizer
+    if tc.image_tokenizer:  # fail now, not at the export after the run
+        from ..multimodal.image_tokenizer import ImageTokenizer
+
+        ImageTokenizer.load(tc.image_tokenizer)
     if tc.path:
         return DLMTokenizer.from_dir(tc.path)
     if init_checkpoint is not None:

@@ -24,6 +24,9 @@ class TokenizerConfig:
     # A token of the vocabulary to use as the mask token, for a checkpoint whose vocabulary has none (e.g.
     # SmolLM2's unused "<filename>"): saved as the model's mask_token_id (and the tokenizer's mask_token).
     mask_token: str | None = None
+    # A multimodal model's image tokenizer folder (`dlm data prepare multimodal` writes one): read when the run
+    # starts and saved into the exported model folder (its image_tokenizer/), so pictures decode from the model.
+    image_tokenizer: str | None = None
 
     def __post_init__(self):
         if self.mask_token is not None and (not isinstance(self.mask_token, str) or not self.mask_token):

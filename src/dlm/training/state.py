@@ -153,5 +153,10 @@ def export_model(
         save_pretrained(
             model, out_dir, tokenizer=tokenizer, generation_config=cfg.generation, diffusion_config=diffusion_config
         )
+        if cfg.tokenizer.image_tokenizer:  # a multimodal model keeps its image tokenizer (dlm.multimodal)
+            from ..hub.pipeline import IMAGE_TOKENIZER_DIR
+            from ..multimodal.image_tokenizer import ImageTokenizer
+
+            ImageTokenizer.load(cfg.tokenizer.image_tokenizer).save(out_dir / IMAGE_TOKENIZER_DIR)
     D.barrier()
     return out_dir
