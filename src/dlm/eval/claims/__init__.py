@@ -15,7 +15,7 @@ without re-measuring), with the verdicts of rules.py and the plots of plots.py. 
 | 6 reasoning | Sudoku, Countdown, arithmetic accuracy (and against NFE for diffusion) | runs/tasks/* |
 | 7 code | infilling exact match | built-in models |
 | 8 edge | peak memory added, file size, speed, quality: int8 / fp32 / ONNX rows and GPT-2 small (dlm.bench.edge) | |
-| 9 multimodal | not measured: text only | |
+| 9 multimodal | captions, VQA and drawings of held-out scenes, both twins (multimodal.py) | runs/multimodal/* |
 
 Verdicts follow fixed rules (`verdicts()`), stated in the report: one diffusion setting per claim, fixed before
 any result (the others are shown beside it, with the compute-matched one); a rate difference counts only when an

@@ -1,5 +1,5 @@
 """Measuring the claims: speed (dlm bench), quality/diversity/energy, infilling, the task twins, and their
-training curves; `measure()` writes them all to measurements.json."""
+training curves, the multimodal twins (multimodal.py); `measure()` writes them all to measurements.json."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import hashlib
 import json
 import time
 from pathlib import Path
+
+from . import multimodal
 
 TASKS = ("sudoku", "countdown", "arithmetic", "facts")
 
@@ -283,6 +285,7 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
         if "edge" not in m:
             log("edge")
             m["edge"] = _edge(Path(tasks_root).parent / "edge", data, quick)
+        m["multimodal"] = multimodal.measure(Path(tasks_root).parent, out, quick=quick, log=log)
         m["seconds"] = earlier.get("seconds", 0.0) + time.perf_counter() - t0
         (out / "measurements.json").write_text(json.dumps(m, indent=1))
         return m
@@ -306,6 +309,8 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
     log("tasks")
     m["tasks"] = _tasks(Path(tasks_root), 10 if quick else 200, log)
     m["training"] = _training_curves(Path(tasks_root))
+    log("multimodal")
+    m["multimodal"] = multimodal.measure(Path(tasks_root).parent, out, quick=quick, log=log)
     m["conditions"] = {
         "builtin": _describe(diff, resolve_model_path("builtin")),
         "builtin-ar": _describe(ar, resolve_model_path("builtin-ar")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .measuring import TASKS
+from .multimodal import section as multimodal_section
 from .plots import write_plots
 from .rules import matched_nfe, preregistered, verdicts
 from .stats import interval
@@ -173,7 +174,7 @@ def write_report(m: dict, out_dir: str | Path = "reports") -> Path:
         "a verdict here is about this scale, not about 8B models on GPUs.",
         "",
     ]
-    lines += _task_table(m) + _target_section(m, "sudoku") + _target_section(m, "countdown")
+    lines += _task_table(m) + _target_section(m, "sudoku") + _target_section(m, "countdown") + multimodal_section(m)
     lines += [f"![{f}]({f})" for f in files]
     path = out / "claims.md"
     path.write_text("\n".join(lines) + "\n")

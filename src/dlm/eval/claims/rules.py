@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from .multimodal import verdict as multimodal_verdict
 from .stats import compare, fisher_p, mcnemar
 
 CLAIMS = {
@@ -193,7 +194,7 @@ def verdicts(m: dict) -> list[dict]:
         "confirmed" if wins and not losses else "refuted" if losses and not wins else "inconclusive")  # fmt: skip
     add(6, "; ".join(parts), v, "pre-registered diffusion setting (one token per forward) vs the AR twin, test split")
     _edge(m, add)
-    add(9, "not measured", "not measured", "dlm models are text-only")
+    multimodal_verdict(m, add)
     return sorted(rows, key=lambda r: r["claim"])
 
 
