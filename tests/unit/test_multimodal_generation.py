@@ -93,3 +93,37 @@ def test_cosine_schedule_commits_few_first_and_many_last(parts):
     per_step = [sum(len(p) for p in ev.positions) for ev in rec.events]
     left = [math.floor(16 * math.cos(math.pi / 2 * (i + 1) / 4)) for i in range(4)]  # 14, 11, 6, 0
     assert per_step == [16 - left[0]] + [left[i - 1] - left[i] for i in range(1, 4)] == [2, 3, 5, 6]
+
+
+def test_cli_draws_to_a_png_and_answers_about_a_picture(parts, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from dlm.cli import app
+
+    lm = _lm(parts, "bidirectional")
+    lm.save_pretrained(tmp_path / "m")
+    m = str(tmp_path / "m")
+    run = CliRunner().invoke
+    res = run(app, ["generate", "--model", m, "a red circle above a blue square",
+                    "--image-out", str(tmp_path / "o.png"), "--seed", "0", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["image"] == str(tmp_path / "o.png") and out["nfe"] >= 1
+    with Image.open(tmp_path / "o.png") as im:
+        assert (im.format, im.size, im.mode) == ("PNG", (16, 16), "RGB")
+    render(scenes("test", 1)[0], 64).save(tmp_path / "in.jpg")  # any size, JPEG too: resized to the model's
+    res = run(app, ["generate", "--model", m, "--image", str(tmp_path / "in.jpg"), "What colour is the circle?"])
+    assert res.exit_code == 0, res.output
+    bad = [
+        (["--image", str(tmp_path / "in.jpg"), "--image-out", str(tmp_path / "x.png"), "q"], "--image"),
+        (["--image", str(tmp_path / "missing.png"), "q"], "--image"),
+        (["--image-out", str(tmp_path / "x.png"), "a", "b"], "PROMPTS"),
+        (["--image-out", str(tmp_path / "x.png"), "--template", "<|mask|>", "a"], "--template"),
+    ]
+    for args, field in bad:
+        res = run(app, ["generate", "--model", m, *args])
+        assert res.exit_code == 2 and field in res.output, (args, res.output)
+    res = run(app, ["generate", "--image-out", str(tmp_path / "x.png"), "a red circle"])  # the text-only default
+    assert res.exit_code == 2 and "image tokenizer" in res.output

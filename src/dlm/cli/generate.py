@@ -143,7 +143,7 @@ def _pictures(prompts, image_out, image, others, sampling, as_json, lm) -> None:
         raise InputError("--image", f"{image} is not a file")
     t0 = time.perf_counter()
     if image_out is not None:
-        picture, o = draw(lm, prompts[0], **given(sampling))
+        picture, o = draw(lm, prompts[0], **given(sampling))[0]
         image_out.parent.mkdir(parents=True, exist_ok=True)
         picture.save(image_out, format="PNG")
         text = str(image_out)
