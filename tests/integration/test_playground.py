@@ -1,5 +1,6 @@
 """The web playground in headless Chromium (Debian's chromium + chromium-driver, driven by selenium): a prompt
-submitted in the page shows intermediate denoising frames (masks still visible) and then the final text."""
+submitted in the page shows intermediate denoising frames (masks still visible) and then the final text; in
+picture mode a caption shows the picture being drawn (masked patches, then the finished picture)."""
 
 import shutil
 import time
@@ -13,6 +14,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 import dlm  # noqa: E402
 
 from .test_serve import Server  # noqa: E402
+from .test_serve_images import from_url, has_masked_patch, multimodal_folder  # noqa: E402
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian chromium + chromium-driver")
@@ -32,6 +34,13 @@ def browser():
 @pytest.fixture(scope="module")
 def server():
     s = Server(dlm.load("builtin"), model_name="builtin")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def picture_server(tmp_path_factory):
+    s = Server(dlm.load(multimodal_folder(tmp_path_factory.mktemp("mm"))), model_name="tiny-mm")
     yield s
     s.stop()
 
@@ -80,3 +89,37 @@ def test_playground_infill_mode(browser, server):
     canvas, seen_masked = _run(browser)
     assert seen_masked and canvas.get_attribute("data-done") == "true"
     assert canvas.text.rstrip().endswith("return result")  # the suffix stays where it is
+
+
+def test_playground_picture_mode_shows_the_picture_being_drawn(browser, picture_server):
+    """A caption in picture mode: the <img> (scaled up, pixelated) shows a frame with masked patches, then the
+    finished picture, both PNG data URLs of the model's size."""
+    browser.get(picture_server.url + "/")
+    browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=picture]").click()
+    img = browser.find_element(By.ID, "picture")
+    assert img.is_displayed() and not browser.find_element(By.ID, "canvas").is_displayed()
+    assert img.value_of_css_property("image-rendering") == "pixelated" and img.size["width"] > 16  # scaled up
+    _set(browser, prompt="a blue square", steps=16, temperature=0, delay=80)
+    browser.find_element(By.ID, "go").click()
+    read = "const i = document.getElementById('picture'); return [i.src, i.dataset.masked, i.dataset.done];"
+    intermediate, t0 = None, time.time()
+    while time.time() - t0 < 60:  # a deadline for the poll, not a timing assertion
+        src, masked, done = browser.execute_script(read)
+        if done == "true":
+            break
+        if intermediate is None and src and int(masked or 0) > 0:
+            intermediate = src  # a frame with some patches still masked
+        time.sleep(0.02)
+    assert done == "true", browser.find_element(By.ID, "status").text
+    assert intermediate is not None, "no intermediate frame with masked patches was shown"
+    assert intermediate.startswith("data:image/png;base64,") and src.startswith("data:image/png;base64,")
+    assert src != intermediate
+    first, final = from_url(intermediate), from_url(src)
+    assert first.size == final.size == (16, 16)
+    assert has_masked_patch(first) and not has_masked_patch(final)
+    assert int(img.get_attribute("data-frames")) >= 2 and "done:" in browser.find_element(By.ID, "status").text
+
+
+def test_playground_picture_mode_is_off_for_a_text_model(browser, server):
+    browser.get(server.url + "/")
+    assert not browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=picture]").is_enabled()

@@ -7,7 +7,10 @@ request (client gone) or one past its deadline leaves its batch before the next 
 twin) run each admitted batch to the end with their KV cache (no step-level joins); they check cancellation and
 deadlines after every token the same way, and stop the batch once none of its rows is still wanted.
 
-Rows share a batch only when their whole GenerationConfig is equal (the seed aside: every row has its own).
+Rows share a batch only when their whole GenerationConfig is equal (the seed aside: every row has its own) and
+they carry the same logits processors (`Job.processors`): a Denoiser applies its processors to every row, so a
+drawing (image-code tokens only) never shares a batch with text. The app builds each kind of processor once, so
+the same objects (compared by identity) mean the same processors.
 """
 
 from __future__ import annotations
@@ -56,11 +59,13 @@ class Job:
     suffix: list[int] = field(default_factory=list)
     template: list[int] | None = None  # answer template ids (mask id where the model writes)
     constraint: Constraint | None = None  # compiled structured-output constraint
+    processors: tuple = ()  # logits processors for every step (shared objects: part of the batch key)
 
     def key(self) -> tuple:
-        """Rows share a batch (one Denoiser, one config) only if every generation setting is equal. The seed is
-        left out: each row is seeded on its own (`row_seed`)."""
-        return tuple(getattr(self.cfg, f.name) for f in dataclasses.fields(self.cfg) if f.name != "seed")
+        """Rows share a batch (one Denoiser, one config) only if every generation setting is equal and their
+        logits processors are the same objects. The seed is left out: each row is seeded on its own (`row_seed`)."""
+        cfg = tuple(getattr(self.cfg, f.name) for f in dataclasses.fields(self.cfg) if f.name != "seed")
+        return cfg + (self.processors,)  # processors define no __eq__: compared by identity
 
     def row_seed(self) -> int | None:
         """The request's seed, else the config's; None = draw one at random."""
@@ -147,7 +152,8 @@ class Engine:
                 continue
             key = j.key()
             if key not in self.running:
-                self.running[key] = (Denoiser(self.lm.model, j.cfg, process=self.lm.process), {})
+                self.running[key] = (Denoiser(self.lm.model, j.cfg, process=self.lm.process,
+                                              logits_processors=j.processors), {})  # fmt: skip
             d, members = self.running[key]
             seed = j.row_seed()  # explicit: the Denoiser's own config (the first row's) must not decide it
             tpl = None if j.template is None else [j.template]
@@ -233,6 +239,7 @@ class Engine:
                 mask_id = getattr(self.lm.tokenizer, "mask_token_id", None)
                 out = generate_autoregressive(self.lm.model, [j.ids for j in group], cfg, streamer=on_step,
                                               templates=tpls, mask_token_id=mask_id,
+                                              logits_processors=group[0].processors,
                                               constraints=[j.constraint for j in group])  # fmt: skip
             except _Abandoned:
                 continue

@@ -52,6 +52,8 @@ async def tokenize(fn, param: str):
     """Tokenise in a worker thread: a long prompt must not stall the event loop (every stream)."""
     try:
         return await run_in_threadpool(fn)
+    except APIError:  # raised by `fn` itself (a picture that does not decode): it names its field
+        raise
     except Exception as e:  # input the tokenizer rejects is bad input, not a server error
         raise APIError(400, f"{param}: {e}", param) from None
 

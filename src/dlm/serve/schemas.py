@@ -3,9 +3,9 @@ validated alike; an unknown field, a value out of range or an unknown policy/cac
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from ..sampling import POLICIES
 from ..sampling.caches import CACHES
@@ -87,13 +87,45 @@ class CompletionRequest(Settings):
 class DenoiseRequest(Settings):
     prompt: str
     suffix: str | None = None  # infilling: the text after the generated span (diffusion models only)
+    image: bool = False  # dlm extension: draw `prompt` (a caption); every frame carries the partial picture
+
+
+# OpenAI's content parts, for the OpenAPI schema. The parts are checked by serve.images.parse_content, which names
+# the exact field of a bad one (`messages[0].content[1].image_url.url`); pydantic's errors for a union of part
+# models would name union members instead.
+_TEXT_PART = {"type": "object", "required": ["type", "text"], "additionalProperties": False,
+              "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}  # fmt: skip
+_IMAGE_PART = {
+    "type": "object", "required": ["type", "image_url"], "additionalProperties": False,
+    "properties": {"type": {"const": "image_url"}, "image_url": {
+        "type": "object", "required": ["url"], "additionalProperties": False,
+        "properties": {"url": {"type": "string", "description": "data:image/png;base64,... or data:image/jpeg;..."},
+                       "detail": {"enum": ["auto", "low", "high"]}}}},
+}  # fmt: skip
+Content = Annotated[
+    str | list[dict],
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": [_TEXT_PART, _IMAGE_PART]}}]}),
+]
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Content
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, v):
+        if isinstance(v, str) or (isinstance(v, list) and all(isinstance(p, dict) for p in v)):
+            return v
+        raise ValueError("must be a string or a list of content parts ({type: text | image_url, ...})")
 
 
 class ChatRequest(Settings):
     messages: list[Message] = Field(min_length=1)
+    # OpenRouter's convention: ["image"] (or ["image", "text"]) asks for a picture of the last user message
+    modalities: list[Literal["text", "image"]] | None = Field(None, min_length=1, max_length=2)
+
+    @property
+    def draws(self) -> bool:
+        return bool(self.modalities) and "image" in self.modalities
