@@ -110,6 +110,13 @@ def test_one_vocabulary_for_text_and_pictures(tokenizer, tmp_path):
                                   add_generation_prompt=True, tokenize=False)  # fmt: skip
     assert image_codes(mm, mm.encode(chat), 64) == codes
     assert image_codes(mm, ids[:-1], 64) is None and image_codes(mm, mm.encode("no picture"), 64) is None
+    # training text is encoded with parse_special=False (a "<|eos|>" in data stays text), and a picture must still
+    # be its codes there: an SFT answer that draws is <|boi|> + 64 codes + <|eoi|> + EOS, 67 tokens
+    assert mm.encode(image_text(codes), parse_special=False) == mm.encode(image_text(codes))
+    prompt, answer = mm.sft_example([{"role": "user", "content": "draw: a red circle"},
+                                     {"role": "assistant", "content": image_text(codes)}])  # fmt: skip
+    assert len(answer) == 67 and image_codes(mm, answer, 64) == codes
+    assert mm.encode("<|eos|>", parse_special=False) != [mm.eos_token_id]  # control tokens in data stay text
     mm.save(tmp_path / "mm")
     assert DLMTokenizer.from_dir(tmp_path / "mm").encode(image_text(codes)) == mm.encode(image_text(codes))
     assert with_image_tokens(mm, 96).vocab_size == mm.vocab_size  # adding twice adds nothing

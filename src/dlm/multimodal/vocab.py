@@ -1,6 +1,8 @@
 """One vocabulary for text and pictures (issue 20): a text tokenizer plus a begin-of-image token, an end-of-image
-token and one token per image code (`<|img_0|>` … `<|img_{codes-1}|>`), appended as special tokens so that each is
-exactly one id and never merges with text. A picture in a sequence is `<|boi|>` + its (size / patch)² code tokens
+token and one token per image code (`<|img_0|>` … `<|img_{codes-1}|>`), appended as added tokens so that each is
+exactly one id and never merges with text. They are content, not control tokens: not "special", so an SFT
+answer (encoded with `parse_special=False`, where "<|eos|>" in the data stays text) still holds a picture as its
+64 codes. A picture in a sequence is `<|boi|>` + its (size / patch)² code tokens
 in row-major order + `<|eoi|>` (`image_text`); `image_codes` reads the codes back from generated ids.
 """
 
@@ -26,7 +28,9 @@ def with_image_tokens(tok: DLMTokenizer, codes: int) -> DLMTokenizer:
     backend = tokenizers.Tokenizer.from_str(tok.backend.to_str())
     wanted = [IMAGE_BEGIN, IMAGE_END] + [image_token(i) for i in range(codes)]
     missing = [t for t in wanted if backend.token_to_id(t) is None]
-    backend.add_special_tokens(missing)
+    # content, not control: added as ordinary (non-special) tokens, so training text (encoded with
+    # parse_special=False: "<|eos|>" in data stays text) still reads a picture as its codes
+    backend.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False) for t in missing])
     return DLMTokenizer(backend, chat_template=tok.chat_template, model_max_length=tok.model_max_length)
 
 
