@@ -36,6 +36,24 @@ def image_token_ids(lm) -> list[int]:
     return ids
 
 
+def draw_template(lm) -> list[int]:
+    """A drawing's answer template: `<|boi|>`, the mask token for each image code, `<|eoi|>`."""
+    tok = lm.tokenizer
+    n = image_tokenizer(lm).tokens_per_image
+    return [tok.token_to_id(IMAGE_BEGIN)] + [tok.mask_token_id] * n + [tok.token_to_id(IMAGE_END)]
+
+
+def draw_processors(lm) -> tuple:
+    """A drawing's free slots take image codes only."""
+    return (AllowTokens(image_token_ids(lm)),)
+
+
+def text_processors(lm) -> tuple:
+    """A text answer holds no picture: no image codes, no <|boi|> / <|eoi|>."""
+    tok = lm.tokenizer
+    return (SuppressTokens(image_token_ids(lm) + [tok.token_to_id(IMAGE_BEGIN), tok.token_to_id(IMAGE_END)]),)
+
+
 def draw_prompt(caption: str) -> str:
     """The user message that asks for a picture of `caption` (a leading "draw:" is kept, not doubled)."""
     caption = caption.strip()
@@ -48,11 +66,11 @@ def draw(lm, captions: str | list[str], **overrides) -> list[tuple]:
     captions = [captions] if isinstance(captions, str) else list(captions)
     itok, tok = image_tokenizer(lm), lm.tokenizer
     n = itok.tokens_per_image
-    template = [tok.token_to_id(IMAGE_BEGIN)] + [tok.mask_token_id] * n + [tok.token_to_id(IMAGE_END)]
+    template = draw_template(lm)
     overrides.setdefault("steps", n)
     outs = lm.chat_batch(
         [[{"role": "user", "content": draw_prompt(c)}] for c in captions], templates=[template] * len(captions),
-        logits_processors=[AllowTokens(image_token_ids(lm))], gen_length=len(template), **overrides,
+        logits_processors=draw_processors(lm), gen_length=len(template), **overrides,
     )  # fmt: skip
     result = []
     for o in outs:
@@ -79,6 +97,5 @@ def ask(lm, images, questions: str | list[str], **overrides) -> list:
     if len(questions) != len(images):
         raise InputError("questions", f"got {len(questions)} questions for {len(images)} pictures")
     msgs = [[{"role": "user", "content": picture_message(lm, im, q)}] for im, q in zip(images, questions)]
-    suppress = image_token_ids(lm) + [lm.tokenizer.token_to_id(IMAGE_BEGIN), lm.tokenizer.token_to_id(IMAGE_END)]
     overrides.setdefault("gen_length", 16)
-    return lm.chat_batch(msgs, logits_processors=[SuppressTokens(suppress)], **overrides)
+    return lm.chat_batch(msgs, logits_processors=text_processors(lm), **overrides)

@@ -24,9 +24,8 @@ import re
 
 import numpy as np
 
-from ..multimodal.generation import draw_prompt, image_token_ids
-from ..multimodal.vocab import IMAGE_BEGIN, IMAGE_END, image_text
-from ..sampling.processors import AllowTokens, SuppressTokens
+from ..multimodal.generation import draw_processors, draw_prompt, draw_template, image_token_ids, text_processors
+from ..multimodal.vocab import image_text
 from .errors import APIError
 
 MAX_IMAGE_BYTES = 8 << 20  # longest image data URL taken (characters of base64: ~6 MiB of PNG/JPEG)
@@ -142,14 +141,12 @@ class Pictures:
     processors (built once, so that rows drawing pictures share a batch), and pictures from generated ids."""
 
     def __init__(self, lm):
-        self.lm, self.itok, tok = lm, lm.image_tokenizer, lm.tokenizer
+        self.lm, self.itok = lm, lm.image_tokenizer
         self.tokens_per_image = self.itok.tokens_per_image
-        codes = image_token_ids(lm)
-        self.code_of = {t: c for c, t in enumerate(codes)}
-        begin, end = tok.token_to_id(IMAGE_BEGIN), tok.token_to_id(IMAGE_END)
-        self.template = [begin] + [tok.mask_token_id] * self.tokens_per_image + [end]
-        self.draw_processors = (AllowTokens(codes),)
-        self.text_processors = (SuppressTokens(codes + [begin, end]),)  # as `ask`: text answers hold no picture
+        self.code_of = {t: c for c, t in enumerate(image_token_ids(lm))}
+        self.template = draw_template(lm)
+        self.draw_processors = draw_processors(lm)
+        self.text_processors = text_processors(lm)  # as `ask`: text answers hold no picture
 
     def picture_text(self, url: str, param: str) -> str:
         """The text a picture becomes (its image tokens). Decodes it: run off the event loop."""
