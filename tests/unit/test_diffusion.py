@@ -291,3 +291,42 @@ def test_fused_and_plain_training_losses_agree(focal):
         plain = MaskedDiffusion(DiffusionConfig(), mask_token_id=MASK)
         c = plain.loss(model, x, generator=torch.Generator().manual_seed(0)).loss
         assert not torch.allclose(a, c, rtol=1e-2)
+
+
+def test_sft_diffusion_learns_to_use_its_prompt():
+    """The smallest prompt-conditioned task: copy one prompt token (rows `n x n n SEP | x EOS EOS EOS`). dlm's
+    masked-diffusion SFT loss (ELBO weights, the trainer's gradient clipping at 1.0) must teach a 2-layer network
+    to write x with the whole answer masked, as a diffusion model's first step must. Measured at writing: 100 %
+    of 512 held-out rows after 400 steps (chance 1/30)."""
+    from dlm.diffusion import DiffusionConfig, build_process
+    from dlm.model import ModelConfig, Transformer
+
+    V, MASK, EOS, SEP = 40, 39, 38, 35
+    g = torch.Generator().manual_seed(1)
+
+    def rows(size):
+        x = torch.randint(0, 30, (size,), generator=g)
+        n = torch.randint(0, 30, (size, 3), generator=g)
+        ids = torch.cat([n[:, :1], x[:, None], n[:, 1:], torch.full((size, 1), SEP), x[:, None],
+                         torch.full((size, 3), EOS)], 1)  # fmt: skip
+        return ids, torch.full((size,), 5)
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=V, d_model=64, n_layers=2, n_heads=4, max_seq_len=16, mask_token_id=MASK,
+                      eos_token_id=EOS, pad_token_id=EOS, attention="bidirectional")  # fmt: skip
+    net = Transformer(cfg)
+    proc = build_process(DiffusionConfig(), cfg, mask_token_id=MASK)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    for _ in range(400):
+        ids, prompt_lengths = rows(64)
+        loss = proc.sft_loss(net, ids, prompt_lengths, generator=g).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+    ids, _ = rows(512)
+    masked = ids.clone()
+    masked[:, 5:] = MASK
+    with torch.no_grad():
+        accuracy = (net(masked)[:, 5].argmax(-1) == ids[:, 5]).float().mean()
+    assert accuracy > 0.9
