@@ -33,11 +33,13 @@ def test_multimodal_configs_train_on_the_prepared_chats(prepared, tmp_path, obje
     run = tmp_path / "run"
     dlm("train", f"examples/configs/multimodal/{objective}.yaml", "--set", f"out_dir={run}",
         "--set", f"data.train=[{prepared / 'train.jsonl'}]", "--set", f"tokenizer.path={prepared / 'tokenizer'}",
+        "--set", f"tokenizer.image_tokenizer={prepared / 'image_tokenizer'}",
         "--set", "train.max_steps=30", "--set", "train.compile=false", "--set", "train.batch_size=8",
         "--set", "train.eval_every=0", "--set", "train.save_every=30", "--set", "optim.warmup_steps=5")  # fmt: skip
     losses = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5  # measured: 5.6 -> ~0.5 (diffusion)
     tok = DLMTokenizer.from_dir(run / "final")
+    assert (run / "final" / "image_tokenizer" / "codebook.safetensors").is_file()  # the model keeps its pictures' codes
     row = json.loads((prepared / "test.jsonl").read_text().splitlines()[0])
     text = "".join(m["content"] for m in row["messages"])
     if "<|boi|>" in text:
