@@ -97,3 +97,30 @@ def test_claim_9_verdict_follows_its_preregistered_rule():
     rows = []
     verdict({"multimodal": {"missing": "runs/multimodal"}}, lambda *r: rows.append(r))
     assert rows[0][2] == "not measured"
+
+
+def test_claim_9_measure_runs_both_twins_and_draws_the_grid_from_their_drawings(judged, tmp_path):
+    """`measure` on a runs root with both twins (tiny random ones here): every row of every kind, and the
+    drawings grid made from the drawings the pre-registered rows already made (3 rows × 8 columns of 32 × 4 px)."""
+    from PIL import Image
+
+    from dlm.eval.claims.multimodal import GRID, measure
+    from dlm.multimodal.vocab import with_image_tokens
+    from dlm.sampling import GenerationConfig
+    from dlm.tokenizer import train_tokenizer
+
+    from ..conftest import tiny_lm
+
+    tok, _ = judged
+    (tmp_path / "a.txt").write_text("a red circle above a blue square\nWhat colour is the circle? red\n" * 50)
+    text = with_image_tokens(train_tokenizer([tmp_path / "a.txt"], vocab_size=300), tok.codes)
+    for obj, attention in (("diffusion", "bidirectional"), ("ar", "causal")):
+        lm = tiny_lm(text, attention, max_seq_len=160, gen=GenerationConfig(gen_length=8, steps=8))
+        lm.image_tokenizer = tok
+        lm.save_pretrained(tmp_path / "runs" / "multimodal" / obj / "final")
+    m = measure(tmp_path / "runs", tmp_path / "out", quick=True)
+    assert {"diffusion/pre-registered", "diffusion/fast", "ar/twin"} <= set(m)
+    assert m["ar/twin"]["draw"]["n"] == 8 and "digit" not in m["diffusion/fast"]
+    with Image.open(tmp_path / "out" / m["grid"]["file"]) as grid:
+        assert grid.size == (GRID * (32 * 4 + 4), 3 * (32 * 4 + 4))
+    assert measure(tmp_path / "none", tmp_path / "out") == {"missing": str(tmp_path / "none" / "multimodal")}

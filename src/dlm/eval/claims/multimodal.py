@@ -48,7 +48,7 @@ def measure(root: Path, out: Path, *, quick: bool = False, log=lambda m: None) -
     """Both twins on every test item (quick: 8 of each); the drawings grid PNG in `out`."""
     import dlm
 
-    from ...multimodal import draw, render, scenes
+    from ...multimodal import image_codes, render, scenes
     from ...multimodal.evaluate import AttributeJudge, evaluate
     from .measuring import run_record
 
@@ -65,15 +65,18 @@ def measure(root: Path, out: Path, *, quick: bool = False, log=lambda m: None) -
     if "diffusion-long" in lms:
         rows.append(("diffusion-long", "pre-registered", PREREGISTERED))
     m["steps"] = {obj: (run_record(p) or {}).get("steps") for obj, p in where.items()}
+    pictures: dict = {}
     for obj, name, settings in rows:
         log(f"multimodal: {obj} ({name})")
         kinds = ("describe", "vqa", "draw", "digit") if name != "fast" else ("describe", "vqa", "draw")
         r = evaluate(lms[obj], judge, kinds=kinds, n=n, draw_settings=(settings or {}).get("draw"),
                      text_settings=(settings or {}).get("text"), log=log)  # fmt: skip
         m[f"{obj}/{name}"] = {k: _items(v) if k in NAMES else v for k, v in r.items()}
+        if obj in ("diffusion", "ar") and name != "fast":  # the grid shows the first drawings these rows made
+            itok, tok = lms[obj].image_tokenizer, lms[obj].tokenizer
+            pictures[obj] = [itok.decode(image_codes(tok, it["output"], itok.tokens_per_image))
+                             for it in r["draw"]["items"][:GRID]]  # fmt: skip
     captions = [s.caption() for s in test[:GRID]]
-    pictures = {obj: [p for p, _ in draw(lms[obj], captions, **(PREREGISTERED["draw"] if obj == "diffusion" else {}))]
-                for obj in ("diffusion", "ar")}  # fmt: skip
     m["grid"] = {"file": _grid(out, [render(s) for s in test[:GRID]], pictures), "captions": captions}
     return m
 
