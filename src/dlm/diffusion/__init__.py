@@ -16,6 +16,7 @@ from .block import BlockDiffusion
 from .masked import MaskedDiffusion, align_logits, masked_cross_entropy, perplexity
 from .policies import POLICIES, StepInputs, UnmaskPolicy, get_policy, register_policy
 from .schedules import SCHEDULES, CosineSchedule, LinearSchedule, LogLinearSchedule, Schedule, get_schedule
+from .spindle import SpindleDiffusion
 from .uniform import UniformDiffusion
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "NoiseProcess",
     "ReverseProcess",
     "Schedule",
+    "SpindleDiffusion",
     "StepContext",
     "StepInputs",
     "StepResult",

@@ -57,6 +57,8 @@ class DiffusionConfig:
     # which random masking rarely asks when later tokens repeat earlier ones (a Countdown step's result is the
     # next step's operand: a model can learn to copy it back instead of computing it). 0 = off. Training only.
     suffix_mask_prob: float = 0.0
+    # the spindle process (DiffusionBERT): how far rare tokens' masking runs ahead of frequent ones', in [0, 1/pi]
+    spindle_lambda: float = 0.3
 
     def __post_init__(self) -> None:
         _load_builtin_processes()
@@ -182,6 +184,17 @@ class NoiseProcess:
         """The trainer's optimizer step about to run (annealing schedules read it)."""
         self.step = int(step)
 
+    def fit(self, dataset) -> None:
+        """Corpus statistics read once from the training split before training (the spindle process's token
+        frequencies; kept in `state_dict`); nothing for most. `dataset.tokens`: the split's token array."""
+
+    def state_dict(self) -> dict:
+        """What a process learns while training (JSON-able; kept in checkpoints): {} for most."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()` (a resumed run)."""
+
     def anneal_open(self, length: int, device) -> torch.Tensor | None:
         """DiffuLLaMA's annealing: (L, L) bool, True where a query may look at a later noisy slot at this training
         step (each pair with probability step / anneal_steps, drawn from a generator seeded by the step, so a
@@ -277,7 +290,7 @@ def rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
 
 
 def _load_builtin_processes() -> None:
-    from . import block, masked, uniform  # noqa: F401  (registration)
+    from . import block, masked, spindle, uniform  # noqa: F401  (registration)
 
 
 def build_process(config: DiffusionConfig | None, model_config, *, mask_token_id: int | None = None) -> NoiseProcess:

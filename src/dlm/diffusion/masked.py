@@ -63,10 +63,9 @@ class MaskedDiffusion(NoiseProcess):
 
     # ---- noise ------------------------------------------------------------------------------
     def add_noise(self, x0, t, generator=None, maskable: torch.Tensor | None = None, shard: tuple[int, int] = (0, 1)):
-        """Mask each maskable token with probability 1 - alpha(t); t is (B,) or (B, L). Returns (x_t, masked).
-        `shard` as in sample_t: the uniforms are drawn for the global batch and this shard's rows kept."""
-        p = self.schedule.mask_prob(t)
-        p = p[:, None] if p.dim() == 1 else p  # one level per row, or (B, L) per position (the block process)
+        """Mask each maskable token with probability 1 - alpha(t) (`mask_prob`); t is (B,) or (B, L). Returns (x_t,
+        masked). `shard` as in sample_t: the uniforms are drawn for the global batch and this shard's rows kept."""
+        p = self.mask_prob(x0, t, maskable)
         rank, world = shard
         u = rand((x0.shape[0] * world, *x0.shape[1:]), generator, x0.device)[rank::world]
         masked = (u < p) & (x0 != self.mask_token_id)
@@ -74,6 +73,18 @@ class MaskedDiffusion(NoiseProcess):
             masked &= maskable
         xt = torch.where(masked, torch.full_like(x0, self.mask_token_id), x0)
         return xt, masked
+
+    def mask_prob(self, x0, t, maskable=None) -> torch.Tensor:
+        """(B, 1) or (B, L): the probability 1 - alpha(t) that a token is masked at level t, one level per row or
+        (B, L) per position (the block process). A process whose schedule depends on the tokens (the spindle
+        process) computes it per token of `x0`."""
+        p = self.schedule.mask_prob(t)
+        return p[:, None] if p.dim() == 1 else p
+
+    def loss_weight(self, x0, t, maskable=None) -> torch.Tensor:
+        """The ELBO weight w(t) = -alpha'(t) / (1 - alpha(t)) of each masked token's cross-entropy in the training
+        losses: (B,) per row, or (B, L) per position (per block, or per token for the spindle process)."""
+        return self.schedule.weight(t.float())
 
     def training_t(self, model, input_ids, attention_mask=None, generator=None, shard=(0, 1)) -> torch.Tensor:
         """A training batch's noise levels: (B,), one per row. A process whose levels vary along a row (the block
@@ -152,7 +163,7 @@ class MaskedDiffusion(NoiseProcess):
         xt, masked = self.add_noise(input_ids, t, generator, maskable, shard)
         num_tokens = int(maskable.sum()) if maskable is not None else input_ids.numel()
         total, n_masked = self.weighted_masked_ce(
-            model, xt, input_ids, masked, self.schedule.weight(t.float()), attention_mask
+            model, xt, input_ids, masked, self.loss_weight(input_ids, t, maskable), attention_mask
         )
         return LossOutput(total / max(num_tokens, 1), num_tokens, n_masked)
 
@@ -169,7 +180,7 @@ class MaskedDiffusion(NoiseProcess):
             t, maskable = self.suffix_rows(t, answer, generator, shard)
         xt, masked = self.add_noise(input_ids, t, generator, maskable, shard)
         answer_len = answer.sum(1).clamp(min=1).float()
-        w = self.schedule.weight(t.float())
+        w = self.loss_weight(input_ids, t, maskable)
         w = w / (answer_len if w.dim() == 1 else answer_len[:, None])
         total, n_masked = self.weighted_masked_ce(model, xt, input_ids, masked, w, attention_mask)
         return LossOutput(total / B, int(answer.sum()), n_masked)

@@ -31,6 +31,7 @@ QWEN2_SPLIT = (
 )
 QWEN2_CLASSES = {"Qwen2Tokenizer", "Qwen2TokenizerFast", "DreamTokenizer"}
 GPT2_CLASSES = {"GPT2Tokenizer", "GPT2TokenizerFast"}
+BERT_CLASSES = {"BertTokenizer", "BertTokenizerFast"}
 
 
 def _read_json(path: Path) -> Any:
@@ -155,6 +156,12 @@ class HFTokenizer(TokenEncoding):
             raise CheckpointError(
                 f"{tok_file}: missing; a tokenizer folder needs {TOKENIZER_FILE} (or vocab.json + merges.txt)"
             )
+        tok.no_padding()  # dlm pads and cuts rows itself (a sentence-embedding folder pads/truncates to 128)
+        tok.no_truncation()
+        if config.get("tokenizer_class") in BERT_CLASSES:
+            # [CLS] ... [SEP] frames a classifier's input; a diffusion LM trained on plain text with [SEP] as its EOS
+            # takes a prompt as it is (a [SEP] after it would end the document)
+            tok.post_processor = None
         special_map = folder / SPECIAL_MAP_FILE
         smap = _read_json(special_map) if special_map.is_file() else {}
         tokens = {n: _token_str(config.get(f"{n}_token")) or _token_str(smap.get(f"{n}_token")) for n in SPECIAL_NAMES}

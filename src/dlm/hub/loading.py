@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..model import ModelConfig, Transformer
+from ..model import ModelConfig, Transformer, build_network
 from .adapters import is_adapter_folder, open_adapter, resolve_location
 from .families import Family, family_for
 from .hf_tokenizer import has_tokenizer, load_tokenizer
@@ -237,7 +237,7 @@ def check_tensors(ck: Checkpoint, source, config: ModelConfig | None = None) -> 
     config = config or ck.config
     kmap = ck.family.key_map(config)
     with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in Transformer(config).state_dict().items()}
+        shapes = {k: tuple(v.shape) for k, v in build_network(config).state_dict().items()}
     wanted = set(kmap.values())
     missing = sorted(c for c in kmap.values() if c not in source.entries)
     tied_head = ck.family.checkpoint_key("lm_head.weight") if config.tie_embeddings else None
@@ -265,14 +265,20 @@ def _set_parameter(model: nn.Module, key: str, value: torch.Tensor) -> None:
 
 
 def fill_model(ck: Checkpoint, source, *, device, dtype, config: ModelConfig | None = None) -> Transformer:
-    """A Transformer for ck.config with every parameter read from `source` (validated first)."""
+    """The network (`build_network`) for ck.config with every parameter read from `source` (validated first)."""
     config = config or ck.config
     kmap = check_tensors(ck, source, config)
     with torch.device("meta"):
-        model = Transformer(config)
+        model = build_network(config)
     for key, ckey in sorted(kmap.items(), key=lambda kv: str(source.entries[kv[1]][0])):
         _set_parameter(model, key, source.take(ckey, dtype, device))
-    if config.tie_embeddings:
+    fresh = ck.family.fresh_keys(config)
+    if fresh:  # tensors the layout does not store (a pretrained body's new head): allocated here, initialised fresh
+        shapes = {k: p.shape for k, p in model.named_parameters()}
+        for key in fresh:
+            _set_parameter(model, key, torch.empty(shapes[key], dtype=dtype or torch.float32, device=device))
+        model.reset_parameters(fresh)
+    if config.tie_embeddings and isinstance(model, Transformer):
         model.lm_head.weight = model.embed_tokens.weight
     left = [n for n, p in model.named_parameters() if p.is_meta]
     if left:  # pragma: no cover - check_tensors covers every stored key

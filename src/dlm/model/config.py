@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError, check_choice, check_positive
 
 ATTENTION_KINDS = ("bidirectional", "causal", "block_causal")
+NETWORKS = ("transformer", "bert")  # dlm.model.build_network
 
 
 @dataclass
@@ -39,6 +40,10 @@ class ModelConfig:
     # bidirectional network know where it is (a Sudoku cell's row and column), which RoPE alone, being relative,
     # leaves it to infer
     learned_positions: bool = False
+    # the network: transformer (dlm's own) | bert (`dlm.model.bert`: transformers' BertModel body with a tied
+    # masked-LM head, learned absolute positions; the DiffusionBERT family). For bert, d_ff is its intermediate size
+    # and max_seq_len its number of positions; RoPE, SwiGLU, GQA and the bias switches do not apply.
+    network: str = "transformer"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -73,6 +78,15 @@ class ModelConfig:
             v = getattr(self, name)
             if v is not None and not 0 <= v < self.vocab_size:
                 raise ConfigError(f"model.{name}", f"{v} is outside the vocabulary [0, {self.vocab_size})")
+        check_choice("model.network", self.network, NETWORKS)
+        if self.network == "bert":
+            for name, ok, allowed in (
+                ("attention", self.attention == "bidirectional", "bidirectional"),
+                ("n_kv_heads", self.kv_heads == self.n_heads, "null (no GQA)"),
+                ("tie_embeddings", self.tie_embeddings, "true (the head is tied to the word embeddings)"),
+            ):
+                if not ok:
+                    raise ConfigError(f"model.{name}", f"got {getattr(self, name)!r}; the bert network needs {allowed}")
 
     def num_parameters(self, *, include_embeddings: bool = True) -> int:
         d, hd = self.d_model, self.dim_head

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..model import Transformer
+from ..model import build_network as fresh_network
 from . import distributed as D
 from .config import RunConfig
 from .data import build_dataset
@@ -155,13 +156,14 @@ def base_model_config(cfg: RunConfig, tokenizer, init_checkpoint=None):
 
 def base_network(cfg: RunConfig, model_config, device, init_checkpoint=None) -> Transformer:
     """The network before LoRA: the init_from checkpoint's weights (fp32) in `model_config` (the network as the
-    objective fits it: e.g. block-causal, with the run's mask token), or a fresh seeded init."""
-    if init_checkpoint is not None:
+    objective fits it: e.g. block-causal, with the run's mask token), or a fresh seeded init (`build_network`: the
+    network `model.network` names; also with train.init_random, in the init_from model's network config)."""
+    if init_checkpoint is not None and not cfg.train.init_random:
         from ..hub.loading import load_model
 
         return load_model(init_checkpoint, device=device, dtype="fp32", config=model_config)
     torch.manual_seed(cfg.train.seed)
-    return Transformer(model_config).to(device)
+    return fresh_network(model_config).to(device)
 
 
 def build_network(cfg: RunConfig, model_config, device, init_checkpoint=None) -> nn.Module:

@@ -75,6 +75,9 @@ class LoopConfig:
     # pkg:PACKAGE/PATH inside an installed package): its weights, its network settings (the `model` section is
     # then ignored) and, unless tokenizer.path is set, its tokenizer.
     init_from: str | None = None
+    # with init_from: its network settings and tokenizer, but fresh seeded weights instead of its own (the same
+    # network from random init: the baseline a pretrained body is measured against at equal compute)
+    init_random: bool = False
     # Data parallel (under torchrun, WORLD_SIZE > 1): ddp | fsdp (FSDP2, fully_shard per block). batch_size is
     # the global micro-batch (split over ranks), so results do not depend on the number of ranks.
     distributed: str = "ddp"
@@ -87,6 +90,8 @@ class LoopConfig:
         check_choice("train.distributed", self.distributed, ("ddp", "fsdp"))
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
             raise ConfigError("train.init_from", f"got {self.init_from!r}; must be a model folder path")
+        if self.init_random and not self.init_from:
+            raise ConfigError("train.init_random", "true needs train.init_from (the model whose network to re-init)")
         for name in (
             "batch_size",
             "grad_accum",

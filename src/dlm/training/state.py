@@ -12,7 +12,7 @@ import torch
 from ..configs import to_dict
 from ..errors import CheckpointError
 from ..hub.checkpoint import save_pretrained
-from ..model import Transformer
+from ..model import build_network
 from . import distributed as D
 from .config import RunConfig
 
@@ -145,7 +145,7 @@ def export_model(
                 )
         else:
             with torch.device("meta"):  # the gathered tensors become the weights: no second copy
-                model = Transformer(model_config)
+                model = build_network(model_config)
             missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
             missing = [k for k in missing if not (k == "lm_head.weight" and model_config.tie_embeddings)]
             if missing or unexpected:

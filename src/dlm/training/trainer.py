@@ -59,6 +59,8 @@ class Trainer:
         self.model_config = self.objective.model_config
         self.diffusion = self.objective.process  # None for objectives without a noise process (ar)
         self.train_data, self.valid_data = B.build_datasets(config, self.tokenizer, self.out, self.env)
+        if self.diffusion is not None:  # corpus statistics a process reads (the spindle schedule's token counts)
+            self.diffusion.fit(self.train_data)
         torch.manual_seed(config.train.seed)
         # the plain network (PEFT-wrapped under LoRA)
         self.model = B.build_network(config, self.model_config, self.device, self.init_checkpoint)

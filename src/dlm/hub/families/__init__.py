@@ -7,13 +7,17 @@ from pathlib import Path
 
 from ...errors import CheckpointError
 from .base import Family, RawConfig, stored_keys
+from .bert import BertFamily
 from .dlm import DLMFamily
 from .dream import DreamFamily
 from .hf_causal import LlamaFamily, MistralFamily, Qwen2Family
 from .llada import LLaDAFamily
 
 FAMILIES: dict[str, Family] = {
-    f.name: f for f in (DLMFamily(), LLaDAFamily(), DreamFamily(), LlamaFamily(), Qwen2Family(), MistralFamily())
+    f.name: f
+    for f in (
+        DLMFamily(), LLaDAFamily(), DreamFamily(), LlamaFamily(), Qwen2Family(), MistralFamily(), BertFamily()
+    )
 }
 
 

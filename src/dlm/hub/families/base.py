@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ...errors import CheckpointError, ConfigError
-from ...model import ModelConfig, Transformer
+from ...model import ModelConfig, build_network
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 _MISSING = object()
@@ -59,6 +59,10 @@ class Family:
         """dlm key -> checkpoint key for every tensor a model with `config` stores (a tied head is not stored)."""
         return {k: self.checkpoint_key(k) for k in stored_keys(config)}
 
+    def fresh_keys(self, config: ModelConfig) -> list[str]:
+        """dlm tensors this layout does not store: initialised fresh at load (a pretrained BERT body's MLM head)."""
+        return []
+
     def is_ignored(self, checkpoint_key: str) -> bool:
         return any(re.search(p, checkpoint_key) for p in self.ignored)
 
@@ -67,9 +71,9 @@ class Family:
 
 
 def stored_keys(config: ModelConfig) -> list[str]:
-    """Names of the tensors a dlm Transformer with `config` stores (built on the meta device: no memory)."""
+    """Names of the tensors a dlm network with `config` stores (built on the meta device: no memory)."""
     with torch.device("meta"):
-        model = Transformer(config)
+        model = build_network(config)
     return [k for k in model.state_dict() if not (k == "lm_head.weight" and config.tie_embeddings)]
 
 
