@@ -191,12 +191,19 @@ def test_a_new_policy_is_one_small_class(model):
         ({"temperature": -1.0}, "temperature"),
         ({"top_p": 0.0}, "top_p"),
         ({"gen_length": 0}, "gen_length"),
-        ({"steps": 64, "gen_length": 32}, "steps"),
     ],
 )
 def test_bad_generation_config_names_the_field(kw, field):
     with pytest.raises(ConfigError, match=field):
         GenerationConfig(**kw)
+
+
+def test_more_steps_than_tokens_is_the_masked_process_error(model):
+    """A masked step commits at least one token, so the masked sampler refuses more steps than tokens; the
+    config itself allows them (continuous and uniform processes take as many steps as they like)."""
+    cfg = GenerationConfig(steps=64, gen_length=32)
+    with pytest.raises(ConfigError, match="steps.*gen_length=32"):
+        generate(model, [[5]], cfg)
 
 
 def test_prompt_beyond_max_length_is_a_clear_error(model):

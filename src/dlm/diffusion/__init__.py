@@ -13,6 +13,7 @@ from .base import (
     register_process,
 )
 from .block import BlockDiffusion
+from .continuous import ContinuousDiffusion
 from .masked import MaskedDiffusion, align_logits, masked_cross_entropy, perplexity
 from .policies import POLICIES, StepInputs, UnmaskPolicy, get_policy, register_policy
 from .schedules import SCHEDULES, CosineSchedule, LinearSchedule, LogLinearSchedule, Schedule, get_schedule
@@ -21,6 +22,7 @@ from .uniform import UniformDiffusion
 
 __all__ = [
     "BlockDiffusion",
+    "ContinuousDiffusion",
     "POLICIES",
     "PROCESSES",
     "SCHEDULES",

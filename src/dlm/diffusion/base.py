@@ -15,7 +15,7 @@ A new process is one file that subclasses `NoiseProcess` and `ReverseProcess` an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -57,6 +57,14 @@ class DiffusionConfig:
     # which random masking rarely asks when later tokens repeat earlier ones (a Countdown step's result is the
     # next step's operand: a model can learn to copy it back instead of computing it). 0 = off. Training only.
     suffix_mask_prob: float = 0.0
+    # the continuous process (Gaussian noise on token embeddings): [sigma_min, sigma_max] of its noise scale; the
+    # share of training rows that get a self-conditioning first pass (0 = off); the bins of CDCD's time warping
+    # of training noise levels (0 = off: t uniform); Diffusion-LM's clamping trick at sampling (x0 estimate = the
+    # embedding of the argmax token instead of the expected embedding)
+    sigma_range: list[float] = field(default_factory=lambda: [0.1, 100.0])
+    self_condition: float = 0.0
+    time_warp: int = 0
+    clamp: bool = False
     # the spindle process (DiffusionBERT): how far rare tokens' masking runs ahead of frequent ones', in [0, 1/pi]
     spindle_lambda: float = 0.3
 
@@ -91,6 +99,15 @@ class DiffusionConfig:
             raise ConfigError("diffusion.suffix_mask_prob", f"got {self.suffix_mask_prob}; must be in [0, 1)")
         if self.suffix_mask_prob and self.process != "masked":
             raise ConfigError("diffusion.suffix_mask_prob", f"the masked process only; process is {self.process!r}")
+        ok = isinstance(self.sigma_range, (list, tuple)) and len(self.sigma_range) == 2
+        lo, hi = (float(v) for v in self.sigma_range) if ok else (0.0, 0.0)
+        if not (ok and 0 < lo < hi):
+            raise ConfigError("diffusion.sigma_range", f"got {self.sigma_range!r}; must be [lo, hi] with 0 < lo < hi")
+        self.sigma_range = [lo, hi]
+        if not 0.0 <= self.self_condition <= 1.0:
+            raise ConfigError("diffusion.self_condition", f"got {self.self_condition}; must be in [0, 1]")
+        if not isinstance(self.time_warp, int) or self.time_warp < 0 or self.time_warp == 1:
+            raise ConfigError("diffusion.time_warp", f"got {self.time_warp!r}; must be 0 (off) or bins >= 2")
         if not 0.0 <= self.random_length_prob <= 1.0:
             raise ConfigError("diffusion.random_length_prob", f"got {self.random_length_prob}; must be in [0, 1]")
 
@@ -139,6 +156,7 @@ class ReverseProcess:
     settled positions (`StepContext.settled`, never a template's locked ones) and may send them back to noise."""
 
     revises = False
+    feeds_inputs = False  # True: `forward_inputs` gives the network its input (the sampler then runs cache 'none')
 
     def __init__(self, process: "NoiseProcess", config):
         self.process, self.config = process, config
@@ -150,6 +168,12 @@ class ReverseProcess:
     def noisy_in_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """(R, L) bool: positions of user text (prompt/suffix) that are noise to be filled in place."""
         return torch.zeros_like(tokens, dtype=torch.bool)
+
+    def forward_inputs(self, model, tokens, noisy, region, rows, step, steps, generators) -> dict:
+        """Keyword inputs of this step's forward over the canvas `tokens` (R, L) (`noisy`, `region`: (R, L) bool,
+        still-noisy slots and the active block; `rows` the handles, `step` (R,) the step in the block): {} = the
+        token ids alone; with `inputs_embeds` the ids are not passed."""
+        return {}
 
     def unconditional(self, tokens: torch.Tensor, hide: torch.Tensor) -> torch.Tensor:
         """Classifier-free guidance's unconditional input: the canvas with the `hide` positions (the prompt) at
@@ -184,16 +208,16 @@ class NoiseProcess:
         """The trainer's optimizer step about to run (annealing schedules read it)."""
         self.step = int(step)
 
-    def fit(self, dataset) -> None:
-        """Corpus statistics read once from the training split before training (the spindle process's token
-        frequencies; kept in `state_dict`); nothing for most. `dataset.tokens`: the split's token array."""
-
     def state_dict(self) -> dict:
         """What a process learns while training (JSON-able; kept in checkpoints): {} for most."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict()` (a resumed run)."""
+
+    def fit(self, dataset) -> None:
+        """Corpus statistics read once from the training split before training (the spindle process's token
+        frequencies; kept in `state_dict`); nothing for most. `dataset.tokens`: the split's token array."""
 
     def anneal_open(self, length: int, device) -> torch.Tensor | None:
         """DiffuLLaMA's annealing: (L, L) bool, True where a query may look at a later noisy slot at this training
@@ -290,7 +314,7 @@ def rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
 
 
 def _load_builtin_processes() -> None:
-    from . import block, masked, spindle, uniform  # noqa: F401  (registration)
+    from . import block, continuous, masked, spindle, uniform  # noqa: F401  (registration)
 
 
 def build_process(config: DiffusionConfig | None, model_config, *, mask_token_id: int | None = None) -> NoiseProcess:

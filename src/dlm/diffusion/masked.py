@@ -275,6 +275,8 @@ class MaskedReverse(ReverseProcess):
 
     def __init__(self, process: "MaskedDiffusion", config):
         super().__init__(process, config)
+        if config.steps > config.gen_length:  # every step commits at least one token (other processes may take more)
+            raise ConfigError("steps", f"got {config.steps}; must be <= gen_length={config.gen_length}")
         check_choice("schedule", config.schedule, COMMIT_SCHEDULES)
         check_choice("proposal", config.proposal, PROPOSALS)
         self.mask_id = process.mask_token_id

@@ -40,6 +40,10 @@ class ModelConfig:
     # bidirectional network know where it is (a Sudoku cell's row and column), which RoPE alone, being relative,
     # leaves it to infer
     learned_positions: bool = False
+    # inputs for continuous (embedding) diffusion: a per-position noise level (a scalar the process chooses, e.g.
+    # log sigma / 4) through fixed sinusoidal features and an MLP, and a self-conditioning input (the previous
+    # estimate of the clean embeddings, through a zero-initialised projection), both added to the input
+    noise_conditioning: bool = False
     # the network: transformer (dlm's own) | bert (`dlm.model.bert`: transformers' BertModel body with a tied
     # masked-LM head, learned absolute positions; the DiffusionBERT family). For bert, d_ff is its intermediate size
     # and max_seq_len its number of positions; RoPE, SwiGLU, GQA and the bias switches do not apply.
@@ -97,4 +101,6 @@ class ModelConfig:
         per_layer += d if self.attn_out_bias else 0
         per_layer += 2 * self.ff_dim + d if self.mlp_bias else 0
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
-        return self.n_layers * per_layer + d + (emb if include_embeddings else 0)
+        emb += self.max_seq_len * d if self.learned_positions else 0
+        cond = (2 * d * d + 2 * d) + d * d if self.noise_conditioning else 0  # noise MLP + self-conditioning
+        return self.n_layers * per_layer + d + cond + (emb if include_embeddings else 0)

@@ -145,6 +145,34 @@ def attention_inputs(
     return position_ids, build_attention_mask(cfg, attention_mask, q_len, k_len, device, q_slots)
 
 
+def sinusoidal_features(level: torch.Tensor, dim: int) -> torch.Tensor:
+    """(..., dim) fixed sin/cos features of a scalar level (...,), at geometric frequencies 1 .. 1000 (as a diffusion
+    network's timestep embedding)."""
+    half = dim // 2
+    freqs = torch.exp(torch.linspace(0.0, math.log(1000.0), half, device=level.device, dtype=torch.float32))
+    arg = level.float()[..., None] * freqs
+    return torch.cat([arg.sin(), arg.cos()], dim=-1)
+
+
+class NoiseConditioning(nn.Module):
+    """What continuous diffusion adds to the input: MLP(features(noise level)) and a projection of the
+    self-conditioning estimate (zero-initialised: a fresh network ignores it)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.level_in = nn.Linear(d, d)
+        self.level_out = nn.Linear(d, d)
+        self.self_cond = nn.Linear(d, d, bias=False)
+
+    def forward(self, x, noise_level, self_condition):
+        lvl = noise_level[:, None].expand(x.shape[:2]) if noise_level.dim() == 1 else noise_level
+        h = self.level_out(F.silu(self.level_in(sinusoidal_features(lvl, x.shape[-1]).to(x.dtype))))
+        x = x + h
+        if self_condition is not None:
+            x = x + self.self_cond(self_condition.to(x.dtype))
+        return x
+
+
 class Transformer(nn.Module):
     """Decoder-style stack; attention kind from the config. Weight names follow LLaMA's."""
 
@@ -156,6 +184,8 @@ class Transformer(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         if config.learned_positions:
             self.embed_positions = nn.Embedding(config.max_seq_len, config.d_model)
+        if config.noise_conditioning:
+            self.noise_cond = NoiseConditioning(config.d_model)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -172,6 +202,8 @@ class Transformer(nn.Module):
                     nn.init.ones_(p)
                 else:
                     nn.init.zeros_(p)
+            elif name.endswith("self_cond.weight"):
+                nn.init.zeros_(p)
             elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, 0.0, out_std)
             else:
@@ -189,6 +221,8 @@ class Transformer(nn.Module):
         logits_index: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         return_hidden: bool = False,
+        noise_level: torch.Tensor | None = None,
+        self_condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, L, V), or (B, A, V) at positions `logits_index` (B, A) when given.
 
@@ -196,6 +230,8 @@ class Transformer(nn.Module):
         boolean mask. position_ids: (B, L); default: from the mask (left padding keeps positions of a
         prompt the same as alone), or the query slots the cache reports (0..L-1 offset by its length).
         cache: a `KVCache` (appends) or a `CanvasCache` (refresh / window of a cached canvas).
+        noise_level (B,) or (B, L), self_condition (B, L, d): inputs of a `noise_conditioning` network
+        (continuous diffusion); the level is required there and refused elsewhere.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise InputError("input_ids", "pass exactly one of input_ids or inputs_embeds")
@@ -204,6 +240,10 @@ class Transformer(nn.Module):
         position_ids, mask = attention_inputs(self.config, attention_mask, position_ids, cache, B, L, x.device)
         if self.config.learned_positions:
             x = x + self.embed_positions(position_ids)
+        if (noise_level is None) == self.config.noise_conditioning:
+            raise InputError("noise_level", "a noise_conditioning network needs it; any other refuses it")
+        if noise_level is not None:
+            x = self.noise_cond(x, noise_level, self_condition)
         cos, sin = rope_cos_sin(position_ids, self.config.dim_head, self.config.rope_theta, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, cache)

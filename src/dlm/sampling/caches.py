@@ -38,8 +38,9 @@ class SamplingCache:
         """(refresh (R,), window start (R,), window end (R,)) for this step, or Nones when nothing is cached."""
         return None, None, None
 
-    def forward(self, fn, x, am, pos, idx, refresh, ws, we):
-        return fn(x, attention_mask=am, logits_index=idx)
+    def forward(self, fn, x, am, pos, idx, refresh, ws, we, **inputs):
+        """`inputs`: what the noise process feeds the network besides (or, with inputs_embeds, instead of) ids."""
+        return fn(None if "inputs_embeds" in inputs else x, attention_mask=am, logits_index=idx, **inputs)
 
     def grow(self, shift: int, live: int, new: int) -> None:
         """Rows joined: the canvas grew by `shift` slots on the left and `new` rows follow the `live` ones."""

@@ -72,8 +72,6 @@ class GenerationConfig:
             raise ConfigError(
                 "block_length", f"gen_length={self.gen_length} is not divisible into blocks of {self.block_size}"
             )
-        if self.steps > self.gen_length:
-            raise ConfigError("steps", f"got {self.steps}; must be <= gen_length={self.gen_length}")
         if self.steps % self.num_blocks:
             raise ConfigError(
                 "steps", f"got {self.steps}; must be a multiple of the number of blocks ({self.num_blocks})"

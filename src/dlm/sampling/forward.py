@@ -38,10 +38,11 @@ class ModelRunner:
         )
 
     @torch.no_grad()
-    def logits(self, x, am, pos, hide, idx, step, window_start, window_end, force_refresh) -> torch.Tensor:
+    def logits(self, x, am, pos, hide, idx, step, window_start, window_end, force_refresh, inputs=None) -> torch.Tensor:
         """x, am, pos (R, L): canvas, key mask, positions; hide (R, L): what CFG's unconditional pass hides;
         idx (R, A): slots whose logits are needed; step (R,): step inside the block; [window_start, window_end):
-        the slots the active block needs; force_refresh (R,): rows that must recompute the whole canvas."""
+        the slots the active block needs; force_refresh (R,): rows that must recompute the whole canvas; inputs:
+        the noise process's own network inputs (`ReverseProcess.forward_inputs`; cache 'none' only)."""
         refresh, ws, we = self.cache.plan(step, window_start, window_end, pos, force_refresh)
         cfg = self.cfg_scale > 0
         if cfg:
@@ -50,7 +51,7 @@ class ModelRunner:
             if refresh is not None:
                 refresh, ws, we = (torch.cat([t, t]) for t in (refresh, ws, we))
         with self.autocast:
-            out = self.cache.forward(self.fn, x, am, pos, idx, refresh, ws, we)
+            out = self.cache.forward(self.fn, x, am, pos, idx, refresh, ws, we, **(inputs or {}))
         out = out.float()
         if cfg:
             cond, uncond = out.chunk(2)

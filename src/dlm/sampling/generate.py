@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..diffusion import NoiseProcess, StepContext, build_process
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .config import GenerationConfig
 from .constraints import Constraint, RowGuides, check_guides
 from .forward import ModelRunner
@@ -153,6 +153,9 @@ class Denoiser:
             process = build_process(None, getattr(model, "config", None), mask_token_id=mask_token_id)
         self.process = process
         self.reverse = process.reverse(config)
+        if self.reverse.feeds_inputs and config.cache != "none":
+            raise ConfigError("cache", f"the {process.name} process feeds the network its latents, which change every "
+                              f"step: use cache 'none'; got {config.cache!r}")  # fmt: skip
         self.eos_id = eos_token_id if eos_token_id is not None else _model_attr(model, "eos_token_id")
         self.free_id = mask_token_id if mask_token_id is not None else _model_attr(model, "mask_token_id")
         self.shift = bool(_model_attr(model, "shift_logits", False))
@@ -350,13 +353,15 @@ class Denoiser:
         region = ((at >= block_start[:, None]) & (at < block_end[:, None])) | (with_text[:, None] & r.text_noise)
         return block_start, block_end, with_text, region
 
-    def _logits(self, query_slots, block_start, block_end, with_text) -> torch.Tensor:
+    def _logits(self, query_slots, block_start, block_end, with_text, region, gens) -> torch.Tensor:
         """Float32 logits at the query slots, with CFG and the logits processors applied."""
         r = self.rows
         idx = (query_slots - 1).clamp(min=0) if self.shift else query_slots
         lo = (block_start - int(self.shift)).clamp(min=0)
+        inputs = self.reverse.forward_inputs(self.model, r.tokens, r.noisy, region, r.handle, r.step,
+                                             self.steps_per_block, gens)  # fmt: skip
         logits = self.runner.logits(r.tokens, r.attention, r.positions, r.cfg_hidden, idx, r.step, lo, block_end,
-                                    with_text)  # fmt: skip
+                                    with_text, inputs)  # fmt: skip
         if self.logits_processors:
             decided = torch.where(r.noisy | (r.attention == 0), -1, r.tokens)
             for proc in self.logits_processors:
@@ -384,7 +389,7 @@ class Denoiser:
         settled = (query & ~region_noisy).gather(1, query_slots) if self.reverse.revises else None
         gens = [self.gens[h] for h in r.handle.tolist()]
         ctx = StepContext(
-            logits=self._logits(query_slots, block_start, block_end, with_text),
+            logits=self._logits(query_slots, block_start, block_end, with_text, region, gens),
             tokens=r.tokens.gather(1, query_slots),
             candidates=candidates,
             positions=query_slots,

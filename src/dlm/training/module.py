@@ -34,7 +34,11 @@ class Segmented:
             attention, segment_ids.shape[1], segment_ids=segment_ids, positions=position_ids, block_size=block_size
         )
 
-    def __call__(self, input_ids, attention_mask=None, **kw):
+    @property
+    def embed_tokens(self):
+        return self.net.embed_tokens
+
+    def __call__(self, input_ids=None, attention_mask=None, **kw):
         return self.net(input_ids, attention_mask=self.mask, position_ids=self.positions, **kw)
 
     @property

@@ -123,6 +123,8 @@ class Trainer:
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self) -> Path:
         state = {"data": self.batches.state_dict(), "tokens_seen": self.tokens_seen, "config": to_dict(self.cfg)}
+        if self.objective.process is not None and self.objective.process.state_dict():
+            state["process"] = self.objective.process.state_dict()
         return save_checkpoint(
             self.out / "checkpoints",
             self.step,
@@ -149,6 +151,8 @@ class Trainer:
         keep = S.checkpoint_filter(self.cfg, self.model_config)
         state = load_checkpoint(ckpt, self.wrapped, self.optimizer, self.scheduler, self.noise_gen, keep_key=keep)
         self.batches.load_state_dict(state["data"])
+        if self.objective.process is not None:
+            self.objective.process.load_state_dict(state.get("process", {}))
         self.step = int(state["step"])
         self.tokens_seen = int(state.get("tokens_seen", 0))
         if self.env.is_main and continuing:
