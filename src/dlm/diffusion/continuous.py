@@ -59,6 +59,7 @@ def embedding_table(model) -> torch.Tensor:
 @register_process
 class ContinuousDiffusion(NoiseProcess):
     name = "continuous"
+    guide = None  # plug-and-play control: a dlm.diffusion.control.Guidance nudges the latents at each step
 
     def __init__(self, config, mask_token_id=None, *, shift_logits: bool = False, vocab_size: int = 0):
         for field in ("token_reweighting", "train_t"):
@@ -286,6 +287,8 @@ class ContinuousReverse(ReverseProcess):
         z = torch.stack([self.latent[h] for h in rows.tolist()])
         sigma = torch.where(region, self._sigma_t(step, steps)[:, None], p.sigma_max) * noisy
         z = torch.where(noisy[..., None], z, self.table[tokens])
+        if p.guide is not None:  # classifier guidance (dlm.diffusion.control): moves the active block's latents
+            z = p.guide.apply(self, z, sigma, noisy & region, rows)
         sc = torch.stack([self.estimate[h] for h in rows.tolist()]) if p.config.self_condition else None
         return {"inputs_embeds": z / torch.sqrt(1.0 + sigma**2)[..., None], "noise_level": noise_input(sigma),
                 "self_condition": sc}  # fmt: skip
