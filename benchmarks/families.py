@@ -5,7 +5,8 @@ For each trained model folder ROOT/NAME/final:
 - held-out NLL on the config's valid text (KJV Ruth): the ELBO bound for diffusion families (Monte-Carlo,
   stratified noise levels), exact for the AR model; per token and, because DiffusionBERT's WordPiece and the
   others' BPE cut the text differently, in bits per byte (NLL per token x tokens of the text / its UTF-8 bytes);
-- samples: one greedy completion of `--gen` tokens per prompt (the first 6 words of each held-out verse),
+- samples: one completion of `--gen` tokens per prompt (the first 6 words of each held-out verse), drawn at
+  temperature `--temperature` (1: each family's own ancestral sampling, seed 0; greedy decoding repeats itself),
   generative perplexity under SmolLM2-135M (tokens are SmolLM2's) with the samples' mean unigram entropy beside
   it (a repetitive sample can buy a low perplexity), tok/s (wall clock, batch `--batch`) and forwards per token.
 
@@ -39,10 +40,10 @@ def heldout(lm, text: str, seq_len: int, samples: int) -> dict:
             "bits_per_byte": bits_per_byte}  # fmt: skip
 
 
-def sample(lm, prompts: list[str], gen: int, batch: int, scorer) -> dict:
+def sample(lm, prompts: list[str], gen: int, batch: int, scorer, temperature: float) -> dict:
     from dlm.eval import quality
 
-    cfg = lm.make_config(None, gen_length=gen, temperature=0.0, seed=0, stop_at_eos=False)
+    cfg = lm.make_config(None, gen_length=gen, temperature=temperature, seed=0, stop_at_eos=False)
     lm.generate(prompts[:1], cfg)  # warm-up
     outs, t0 = [], time.perf_counter()
     for i in range(0, len(prompts), batch):
@@ -65,6 +66,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--samples", type=int, default=16, help="noise levels per window for the ELBO bounds")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--out", type=Path, default=None)
@@ -82,11 +84,12 @@ def main() -> None:
         lm = dlm.load(args.root / name / "final")
         row = {"family": name, "parameters": sum(p.numel() for p in lm.model.parameters())}
         row.update(heldout(lm, text, args.seq_len, args.samples))
-        row.update(sample(lm, prompts, args.gen, args.batch, scorer))
+        row.update(sample(lm, prompts, args.gen, args.batch, scorer, args.temperature))
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "samples"}), flush=True)
     report = {"machine": machine(), "valid": args.valid, "prompts": len(prompts), "gen": args.gen,
-              "batch": args.batch, "elbo_samples": args.samples, "rows": rows}  # fmt: skip
+              "batch": args.batch, "temperature": args.temperature, "elbo_samples": args.samples,
+              "rows": rows}  # fmt: skip
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1))
