@@ -9,7 +9,8 @@ For a continuous-family model (examples/configs/families/continuous.yaml, KJV te
 - a `dlm.diffusion.control.NoisyClassifier` is trained on those windows noised as the process noises them (the
   network frozen), or loaded (`--classifier`, one safetensors file; written there after training); its accuracy
   on held-out Ruth windows at several noise levels is reported;
-- samples: one completion of `--gen` tokens per prompt (the first 6 words of each held-out Ruth verse), without
+- samples: one completion of `--gen` tokens per prompt (the first 6 words of each held-out Ruth verse; prompt k
+  with seed SEED + k, so that rows differ in their noise, not only in their prompt), without
   guidance and with `process.guide = Guidance(classifier, scale)` at each `--scales`, the same seeds and settings.
   Per scale: success rate (samples containing the keyword), exact McNemar p (two-sided binomial test on the
   prompts where exactly one of guided / unguided succeeds) and Fisher exact p against no guidance, the samples'
@@ -51,15 +52,24 @@ def windows(lm, paths: list[Path], length: int, keyword: str):
     return ids, labels.long()
 
 
-def sample(lm, ids: list[list[int]], cfg, guide, batch: int) -> dict:
-    from dlm.sampling import generate
+def run(lm, ids: list[list[int]], cfg, process, seeds: list[int]) -> list[list[int]]:
+    """The sampler (dlm.sampling's Denoiser, unchanged) with one seed per row."""
+    from dlm.sampling.generate import Denoiser
 
+    d = Denoiser(lm.model, cfg, process=process)
+    handles = d.add(ids, seeds=seeds)
+    while d.live:
+        d.step()
+    return [d.pop_result(h)["sequence"] for h in handles]
+
+
+def sample(lm, ids: list[list[int]], cfg, guide, batch: int, seed: int) -> dict:
     process = lm.process  # a fresh process: only this one carries the guide
     process.guide = guide
-    generate(lm.model, ids[:1], cfg, process=process)  # warm-up
+    run(lm, ids[:1], cfg, process, [seed])  # warm-up
     seqs, t0 = [], time.perf_counter()
-    for i in range(0, len(ids), batch):
-        seqs += generate(lm.model, ids[i : i + batch], cfg, process=process).sequences
+    for i in range(0, len(ids), batch):  # prompt k samples with seed + k, whatever its batch
+        seqs += run(lm, ids[i : i + batch], cfg, process, [seed + k for k in range(i, min(i + batch, len(ids)))])
     wall = time.perf_counter() - t0
     texts = [lm.tokenizer.decode(s, skip_special_tokens=True) for s in seqs]
     return {"texts": texts, "seqs": seqs, "tok_s": sum(len(s) for s in seqs) / wall}
@@ -110,7 +120,7 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--steps", type=int, default=0, help="reverse steps (0 = the model's generation config)")
     ap.add_argument("--temperature", type=float, default=None, help="default: the model's generation config")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="prompt k samples with seed + k")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -135,7 +145,7 @@ def main() -> None:
           f"'{kw}' in {float(train_y.float().mean()):.1%} of {len(train_y)} training windows, "
           f"{float(valid_y.float().mean()):.1%} of {len(valid_y)} Ruth windows", flush=True)  # fmt: skip
 
-    base = sample(lm, ids, cfg, None, args.batch)
+    base = sample(lm, ids, cfg, None, args.batch, args.seed)
     candidates = {w: sum(has(w, t) for t in base["texts"]) / len(prompts) for w in CANDIDATES}
     print("unguided rate by word: " + ", ".join(f"{w} {r:.0%}" for w, r in candidates.items()), flush=True)
 
@@ -160,7 +170,7 @@ def main() -> None:
     rows = [{"scale": 0.0, **measure(kw, base, None)}]
     for scale in [float(s) for s in args.scales.split(",") if s.strip()]:
         guide = Guidance(clf, scale, steps=args.guide_steps, fluency=args.fluency)
-        arm = sample(lm, ids, cfg, guide, args.batch)
+        arm = sample(lm, ids, cfg, guide, args.batch, args.seed)
         rows.append({"scale": scale, **measure(kw, arm, rows[0]), "examples": arm["texts"][:3]})
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("hit", "examples")}), flush=True)
     rows[0]["examples"] = base["texts"][:3]
