@@ -7,6 +7,7 @@ For each trained model folder ROOT/NAME/final:
   others' BPE cut the text differently, in bits per byte (NLL per token x tokens of the text / its UTF-8 bytes);
 - samples: one completion of `--gen` tokens per prompt (the first 6 words of each held-out verse), drawn at
   temperature `--temperature` (1: each family's own ancestral sampling, seed 0; greedy decoding repeats itself),
+  with the family's own steps per token and block length (its config's generation section),
   generative perplexity under SmolLM2-135M (tokens are SmolLM2's) with the samples' mean unigram entropy beside
   it (a repetitive sample can buy a low perplexity), tok/s (wall clock, batch `--batch`) and forwards per token.
 
@@ -43,7 +44,11 @@ def heldout(lm, text: str, seq_len: int, samples: int) -> dict:
 def sample(lm, prompts: list[str], gen: int, batch: int, scorer, temperature: float) -> dict:
     from dlm.eval import quality
 
-    cfg = lm.make_config(None, gen_length=gen, temperature=temperature, seed=0, stop_at_eos=False)
+    own = lm.generation_config  # the family's own steps per token and block length, scaled to `gen` tokens
+    blocks = gen // own.block_size if own.block_size < own.gen_length else 1
+    steps = max(blocks, own.steps * gen // own.gen_length // blocks * blocks)
+    cfg = lm.make_config(None, gen_length=gen, steps=steps, block_length=gen // blocks, temperature=temperature,
+                         seed=0, stop_at_eos=False)  # fmt: skip
     lm.generate(prompts[:1], cfg)  # warm-up
     outs, t0 = [], time.perf_counter()
     for i in range(0, len(prompts), batch):
