@@ -65,6 +65,7 @@ def measure(root: Path, out: Path, *, quick: bool = False, log=lambda m: None) -
     if "diffusion-long" in lms:
         rows.append(("diffusion-long", "pre-registered", PREREGISTERED))
     m["steps"] = {obj: (run_record(p) or {}).get("steps") for obj, p in where.items()}
+    m["train_t"] = {obj: getattr(lm.diffusion_config, "train_t", None) for obj, lm in lms.items() if not lm.is_causal}
     pictures: dict = {}
     for obj, name, settings in rows:
         log(f"multimodal: {obj} ({name})")
@@ -156,6 +157,8 @@ def section(m: dict) -> list[str]:
         mark = " ✔" if key == "diffusion/pre-registered" else ""
         steps = (mm.get("steps") or {}).get(obj)
         name += f", {steps:,} steps" if steps else ""
+        t_range = (mm.get("train_t") or {}).get(obj)
+        name += f", training t in [{t_range[0]:g}, {t_range[1]:g}]" if t_range else ""
         lines.append(f"| {obj}{mark} | {name} | " + " | ".join(cells) + f" | {r['draw']['nfe_mean']:.0f} |")
     g = mm["grid"]
     lines += ["", f"Drawings of the first {len(g['captions'])} test captions (rows: real render, diffusion "
