@@ -3,6 +3,8 @@ process): a seed fixes the loss, a few optimizer steps on a fixed batch lower it
 batches all work, and the NLL it reports for evaluation is finite and positive. A new objective or process
 joins these tests by being registered."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -42,6 +44,8 @@ def test_an_objective_is_deterministic_learns_a_fixed_batch_and_reports_a_finite
     torch.manual_seed(0)
     net = Transformer(obj.model_config)
     batch = _batch(kind)
+    if obj.process is not None:  # as the trainer does: corpus statistics first (the spindle process's counts)
+        obj.process.fit(SimpleNamespace(tokens=batch["input_ids"].numpy()))
     if obj.needs_sft and kind == "pretrain":  # e.g. certainty forcing: distillation data is SFT data
         with pytest.raises(ConfigError, match="data.task"):
             obj.loss(net, batch, torch.Generator().manual_seed(0))

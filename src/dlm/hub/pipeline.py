@@ -126,7 +126,10 @@ class DiffusionLM:
             base["steps"] = min(base["steps"], base["gen_length"])
             nb = base["gen_length"] // (base["block_length"] or base["gen_length"])
             base["steps"] = max(nb, base["steps"] - base["steps"] % nb)
-        return GenerationConfig(**base)
+        config = GenerationConfig(**base)
+        if not self.is_causal:  # what only the noise process knows (the masked sampler: steps <= gen_length)
+            self.process.reverse(config)
+        return config
 
     def generate(
         self,
