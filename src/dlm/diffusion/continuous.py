@@ -50,6 +50,12 @@ def noise_input(sigma: torch.Tensor) -> torch.Tensor:
     return torch.log(sigma.float().clamp_min(CLEAN_SIGMA)) / 4.0
 
 
+def network_input(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """What the network (and a guidance classifier) reads of latents z (..., d) at noise scales sigma (...):
+    z / sqrt(1 + sigma^2), unit scale at every level."""
+    return z / torch.sqrt(1.0 + sigma.float() ** 2)[..., None]
+
+
 def embedding_table(model) -> torch.Tensor:
     """(V, d): the token points e(w) of the network's input embedding (unit rows times sqrt(d))."""
     w = model.embed_tokens.weight
@@ -155,9 +161,9 @@ class ContinuousDiffusion(NoiseProcess):
 
     def denoise(self, model, z, sigma, attention_mask=None, self_condition=None, return_hidden=False):
         """The network's output for latents z (B, L, d) at noise scales sigma (B, L)."""
-        x = z / torch.sqrt(1.0 + sigma.float() ** 2)[..., None]
-        return model(inputs_embeds=x, attention_mask=attention_mask, noise_level=noise_input(sigma),
-                     self_condition=self_condition, return_hidden=return_hidden)  # fmt: skip
+        return model(inputs_embeds=network_input(z, sigma), attention_mask=attention_mask,
+                     noise_level=noise_input(sigma), self_condition=self_condition,
+                     return_hidden=return_hidden)  # fmt: skip
 
     def estimate(self, model, z, sigma, attention_mask, table, generator=None) -> torch.Tensor | None:
         """Self-conditioning's first pass: x0_hat (B, L, d) without gradient for the rows drawn to get it
@@ -171,11 +177,12 @@ class ContinuousDiffusion(NoiseProcess):
             x0_hat = probs @ table.detach()
         return torch.where(use[:, None, None], x0_hat, 0.0)
 
-    def _ce(self, model, x0, noised, t, attention_mask, generator, shard):
-        """(per-position CE at the noised positions (B, L), zeros elsewhere)."""
-        table = embedding_table(model)
+    def _ce(self, model, x0, noised, t, attention_mask, generator, shard=(0, 1), table=None, self_condition=True):
+        """(per-position CE at the noised positions (B, L), zeros elsewhere); with `self_condition`, the
+        training's self-conditioning first pass (`estimate`) feeds it."""
+        table = embedding_table(model) if table is None else table
         z, sigma = self.add_noise(x0, t, generator, noised, shard, table)
-        sc = self.estimate(model, z, sigma, attention_mask, table, generator)
+        sc = self.estimate(model, z, sigma, attention_mask, table, generator) if self_condition else None
         logits = self.denoise(model, z, sigma, attention_mask, sc)
         ce = F.cross_entropy(logits.float().flatten(0, 1), x0.flatten(), reduction="none").view(x0.shape)
         return ce * noised
@@ -216,7 +223,8 @@ class ContinuousDiffusion(NoiseProcess):
         clean = table[input_ids]
         ones = torch.ones(B, device=input_ids.device)
         # decoder: -log p(x | z at sigma_min)
-        ce = self._ce_at(model, input_ids, maskable, 0.0 * ones, attention_mask, generator, table)
+        ce = self._ce(model, input_ids, maskable, 0.0 * ones, attention_mask, generator, table=table,
+                      self_condition=False)
         total = ce.sum(1).double()
         span = math.log(self.sigma_max / self.sigma_min)
         offset = rand((1,), generator, input_ids.device)
@@ -230,11 +238,6 @@ class ContinuousDiffusion(NoiseProcess):
         prior = (clean**2).sum(-1) * maskable / (2 * self.sigma_max**2)
         return total + prior.sum(1).double()
 
-    def _ce_at(self, model, x0, noised, t, attention_mask, generator, table):
-        z, sigma = self.add_noise(x0, t, generator, noised, table=table)
-        logits = self.denoise(model, z, sigma, attention_mask)
-        return F.cross_entropy(logits.float().flatten(0, 1), x0.flatten(), reduction="none").view(x0.shape) * noised
-
 
 class ContinuousReverse(ReverseProcess):
     """The reverse SDE/ODE on the latents of the generated region; rounding at each block's last step."""
@@ -245,18 +248,20 @@ class ContinuousReverse(ReverseProcess):
         super().__init__(process, config)
         self.latent: dict[int, torch.Tensor] = {}  # handle -> (L, d) latents of its slots
         self.estimate: dict[int, torch.Tensor] = {}  # handle -> (L, d) last x0_hat (self-conditioning)
+        self.generated: dict[int, torch.Tensor] = {}  # handle -> (L,) bool: the slots that hold a latent
         self.length, self.table = 0, None
 
     def init_canvas(self, length, generator):
         return [0] * length  # placeholder ids: the network reads the latents of these slots, never these ids
 
     def reset(self, batch, length, device):
-        self.latent, self.estimate, self.length = {}, {}, length
+        self.latent, self.estimate, self.generated, self.length = {}, {}, {}, length
 
     def extend(self, batch, length, shift):
         pad = lambda v: F.pad(v, (0, 0, shift, 0))  # noqa: E731
         self.latent = {h: pad(v) for h, v in self.latent.items()}
         self.estimate = {h: pad(v) for h, v in self.estimate.items()}
+        self.generated = {h: F.pad(v, (shift, 0)) for h, v in self.generated.items()}
         self.length = length
 
     def _sigma_t(self, step, steps) -> torch.Tensor:
@@ -277,12 +282,14 @@ class ContinuousReverse(ReverseProcess):
         for h in [h for h in self.latent if h not in live]:  # rows that finished or left
             self.latent.pop(h)
             self.estimate.pop(h, None)
+            self.generated.pop(h, None)
         for i, h in enumerate(rows.tolist()):
             if h not in self.latent:
                 g = generators[i]
                 eps = torch.randn(int(noisy[i].sum()), d, generator=g, device=g.device).to(dev)
                 self.latent[h] = torch.zeros(tokens.shape[1], d, device=dev)
                 self.latent[h][noisy[i]] = eps * p.sigma_max
+                self.generated[h] = noisy[i].clone()
                 self.estimate[h] = torch.zeros(tokens.shape[1], d, device=dev)
         z = torch.stack([self.latent[h] for h in rows.tolist()])
         sigma = torch.where(region, self._sigma_t(step, steps)[:, None], p.sigma_max) * noisy
@@ -290,7 +297,7 @@ class ContinuousReverse(ReverseProcess):
         if p.guide is not None:  # classifier guidance (dlm.diffusion.control): moves the active block's latents
             z = p.guide.apply(self, z, sigma, noisy & region, rows)
         sc = torch.stack([self.estimate[h] for h in rows.tolist()]) if p.config.self_condition else None
-        return {"inputs_embeds": z / torch.sqrt(1.0 + sigma**2)[..., None], "noise_level": noise_input(sigma),
+        return {"inputs_embeds": network_input(z, sigma), "noise_level": noise_input(sigma),
                 "self_condition": sc}  # fmt: skip
 
     def step(self, ctx: StepContext) -> StepResult:

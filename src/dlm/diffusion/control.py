@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, InputError
-from .continuous import embedding_table, noise_input
+from .continuous import embedding_table, network_input, noise_input
 
 CLASSIFIER_FILE = "classifier.safetensors"
 
@@ -105,7 +105,7 @@ class NoisyClassifier(nn.Module):
 def noisy_view(process, table, ids, t, generator=None):
     """(x, level): windows `ids` (B, L) noised at t (B,) as the process noises them, as the network reads them."""
     z, sigma = process.add_noise(ids, t, generator, table=table)
-    return z / torch.sqrt(1.0 + sigma**2)[..., None], noise_input(sigma)
+    return network_input(z, sigma), noise_input(sigma)
 
 
 def train_classifier(model, process, ids, labels, steps: int, *, batch_size: int = 32, lr: float = 3e-3,
@@ -190,14 +190,13 @@ class Guidance:
             clf.to(z.device)
         s2 = (sigma[active] ** 2)[:, None]
         level = noise_input(sigma)[None]
-        scale = torch.sqrt(1.0 + sigma**2)[:, None]
         start = z[active]
         v = start
         with torch.enable_grad():
             for _ in range(self.steps):
                 v = v.detach().requires_grad_(True)
                 full = z.index_put((active.nonzero().flatten(),), v)
-                logp = clf(full[None] / scale, level)
+                logp = clf(network_input(full, sigma)[None], level)
                 (grad,) = torch.autograd.grad(logp.sum(), v)
                 v = v.detach() + (self.scale / self.steps) * (s2 * grad - self.fluency * (v.detach() - start))
         out = z.clone()
@@ -207,10 +206,10 @@ class Guidance:
     def apply(self, reverse, z: torch.Tensor, sigma: torch.Tensor, active: torch.Tensor, rows) -> torch.Tensor:
         """The reverse process's hook (before a step's forward): z (R, L, d) the latents the network is about to
         read, sigma (R, L) their levels, active (R, L) the active block's noisy slots; moves each row's active
-        latents (written back into `reverse.latent`) and returns z with them. A row's generated slots are those
-        that hold a latent (its noisy slots when it joined)."""
+        latents (written back into `reverse.latent`) and returns z with them. A row's generated slots are
+        `reverse.generated` (its noisy slots when it joined)."""
         for i, h in enumerate(rows.tolist()):
-            gen = reverse.latent[h].ne(0).any(-1)
+            gen = reverse.generated[h]
             act = active[i] & gen
             if not bool(act.any()):
                 continue
