@@ -56,7 +56,8 @@ def write_sft(path, image_tokenizer: ImageTokenizer, split: str, seed: int = 0) 
     return _write(path, chats(image_tokenizer, split, seed))
 
 
-def prepare(out_dir, *, codes: int = 96, text_vocab: int = 512, seed: int = 0, log=lambda m: None) -> dict:
+def prepare(out_dir, *, codes: int = 256, patch: int = 8, text_vocab: int = 512, seed: int = 0,
+            log=lambda m: None) -> dict:
     """Everything the multimodal configs read, under `out_dir`: `image_tokenizer/` (fitted on the train scenes and
     digits), `tokenizer/` (a byte-level BPE on the chats' words + the image tokens), `train.jsonl`, `test.jsonl`
     and `manifest.json` (counts, the image tokenizer's held-out error). Deterministic under `seed`."""
@@ -66,8 +67,8 @@ def prepare(out_dir, *, codes: int = 96, text_vocab: int = 512, seed: int = 0, l
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_pictures = [render(s) for s in scenes("train")] + [im for im, _ in digits("train")]
-    log(f"image tokenizer: {codes} codes over {len(train_pictures)} train pictures")
-    image_tok = ImageTokenizer.fit(train_pictures, codes=codes, seed=seed)
+    log(f"image tokenizer: {codes} codes of {patch} x {patch} patches over {len(train_pictures)} train pictures")
+    image_tok = ImageTokenizer.fit(train_pictures, patch=patch, codes=codes, seed=seed)
     image_tok.save(out / "image_tokenizer")
     held_out = {"scenes": image_tok.error([render(s) for s in scenes("test")]),
                 "digits": image_tok.error([im for im, _ in digits("test")])}  # fmt: skip
