@@ -26,6 +26,7 @@ def test_multimodal_configs_train_on_the_prepared_chats(prepared, tmp_path, obje
 
     manifest = json.loads((prepared / "manifest.json").read_text())
     assert manifest["rows"]["train"]["draw"] == 1330 and manifest["image_tokenizer_held_out"]["scenes"]["mae"] == 0
+    assert (manifest["tokens_per_image"], manifest["codes"]) == (16, 256)  # 8 x 8 patches: a cell is 2 x 2 codes
     tok = DLMTokenizer.from_dir(prepared / "tokenizer")
     rows = [json.loads(line) for line in (prepared / "train.jsonl").read_text().splitlines()]
     lengths = [sum(map(len, tok.sft_example(r["messages"]))) for r in rows]

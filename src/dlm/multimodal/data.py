@@ -56,8 +56,9 @@ def write_sft(path, image_tokenizer: ImageTokenizer, split: str, seed: int = 0) 
     return _write(path, chats(image_tokenizer, split, seed))
 
 
-def prepare(out_dir, *, codes: int = 256, patch: int = 8, text_vocab: int = 512, seed: int = 0,
-            log=lambda m: None) -> dict:
+def prepare(
+    out_dir, *, codes: int = 256, patch: int = 8, text_vocab: int = 512, seed: int = 0, log=lambda m: None
+) -> dict:
     """Everything the multimodal configs read, under `out_dir`: `image_tokenizer/` (fitted on the train scenes and
     digits), `tokenizer/` (a byte-level BPE on the chats' words + the image tokens), `train.jsonl`, `test.jsonl`
     and `manifest.json` (counts, the image tokenizer's held-out error). Deterministic under `seed`."""
