@@ -40,7 +40,7 @@ def test_multimodal_configs_train_on_the_prepared_chats(prepared, tmp_path, obje
     losses = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     # against the first step's loss (the untrained model, ~ln of the vocabulary): the first five steps already
     # fall fast, so their mean is a noisy baseline (CI once measured AR 2.5 -> 1.34, a ratio of 0.54)
-    assert sum(losses[-10:]) / 10 < 0.4 * losses[0]  # measured here: AR 5.0 -> 1.24, diffusion 6.6 -> 1.28
+    assert sum(losses[-10:]) / 10 < 0.4 * losses[0]  # measured here (lr 5e-4): AR 5.5 -> 1.49, diffusion 5.5 -> 1.86
     tok = DLMTokenizer.from_dir(run / "final")
     assert (run / "final" / "image_tokenizer" / "codebook.safetensors").is_file()  # the model keeps its pictures' codes
     row = json.loads((prepared / "test.jsonl").read_text().splitlines()[0])
