@@ -64,6 +64,24 @@ def test_draw_writes_a_whole_picture_and_ask_answers_in_text(parts, attention, t
         draw(lm, "a red circle")
 
 
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+def test_the_drawing_canvas_is_the_training_layout(parts, attention):
+    """An SFT answer is padded with EOS to the sequence length, so a drawing's canvas is <|boi|>, the free code
+    slots, <|eoi|>, then EOS locked up to the model's default gen_length (none when that is shorter)."""
+    from dlm.multimodal.generation import draw_template
+
+    tok, itok = parts
+    n = itok.tokens_per_image
+    lm = tiny_lm(tok, attention, gen=GenerationConfig(gen_length=n + 6, steps=n + 6))
+    lm.image_tokenizer = itok
+    template = draw_template(lm)
+    assert template[: n + 2] == [tok.token_to_id("<|boi|>")] + [tok.mask_token_id] * n + [tok.token_to_id("<|eoi|>")]
+    assert template[n + 2 :] == [tok.eos_token_id] * 4
+    picture, completion = draw(lm, "a red circle", seed=0)[0]
+    assert image_codes(tok, completion.tokens, n) is not None and picture.size == (16, 16)
+    assert len(draw_template(_lm(parts, attention))) == n + 2  # gen_length 8 < n + 2: no tail
+
+
 def test_the_image_tokenizer_is_saved_and_loaded_with_the_model(parts, tmp_path):
     import dlm
 

@@ -37,10 +37,15 @@ def image_token_ids(lm) -> list[int]:
 
 
 def draw_template(lm) -> list[int]:
-    """A drawing's answer template: `<|boi|>`, the mask token for each image code, `<|eoi|>`."""
+    """A drawing's answer template: `<|boi|>`, the mask token for each image code, `<|eoi|>`, then EOS up to the
+    model's default gen_length. The EOS tail is the training layout: every SFT answer is padded with EOS to the
+    sequence length, so a drawing the model learned is followed by EOS, and a canvas that ends at `<|eoi|>` is one
+    it never saw (the multimodal diffusion twin drew 0 of 64 held-out captions on it; docs/models.md)."""
     tok = lm.tokenizer
     n = image_tokenizer(lm).tokens_per_image
-    return [tok.token_to_id(IMAGE_BEGIN)] + [tok.mask_token_id] * n + [tok.token_to_id(IMAGE_END)]
+    tail = max(0, lm.generation_config.gen_length - (n + 2))
+    picture = [tok.token_to_id(IMAGE_BEGIN)] + [tok.mask_token_id] * n + [tok.token_to_id(IMAGE_END)]
+    return picture + [tok.eos_token_id] * tail
 
 
 def draw_processors(lm) -> tuple:
@@ -62,7 +67,7 @@ def draw_prompt(caption: str) -> str:
 
 def draw(lm, captions: str | list[str], **overrides) -> list[tuple]:
     """A picture per caption: [(PIL image, Completion)], one batch. `overrides`: generation settings (seed,
-    temperature, steps, policy, schedule ...); gen_length is the picture's length."""
+    temperature, steps, policy, schedule ...); gen_length is the template's length (`draw_template`)."""
     captions = [captions] if isinstance(captions, str) else list(captions)
     itok, tok = image_tokenizer(lm), lm.tokenizer
     n = itok.tokens_per_image
