@@ -77,6 +77,7 @@ def run(data: Path, objective: str, lr: float, steps: int, every: int, seed: int
     from dlm.diffusion import DiffusionConfig, build_process
     from dlm.model import ModelConfig, Transformer
     from dlm.tokenizer import DLMTokenizer
+    from dlm.training.objectives import ar_loss
 
     torch.set_num_threads(1)
     manifest = json.loads((data / "manifest.json").read_text())
@@ -99,9 +100,7 @@ def run(data: Path, objective: str, lr: float, steps: int, every: int, seed: int
         batch = [train[rng.randrange(len(train))] for _ in range(32)]
         ids, plen = torch.tensor([b[0] for b in batch]), torch.tensor([b[1] for b in batch])
         if causal:
-            answer = torch.arange(seq_len)[None, 1:] >= plen[:, None]
-            ce = F.cross_entropy(net(ids)[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
-            loss = (ce.view(len(batch), -1) * answer).sum() / answer.sum()
+            loss = ar_loss(net, ids, prompt_lengths=plen)
         else:
             loss = process.sft_loss(net, ids, plen, generator=g).loss
         opt.zero_grad()
