@@ -22,8 +22,11 @@ def data_prepare(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: data/NAME)."),
     no_docs: bool = typer.Option(False, "--no-docs", help="Skip the Debian python3.11-doc sources."),
     cache_dir: Path = typer.Option(Path("~/.cache/dlm/debian"), "--cache-dir", help="Download cache."),
-    draw_copies: int = typer.Option(
-        3, "--draw-copies", help="multimodal: how many times each draw chat (caption -> picture) is in the train split."
+    draw_copies: Optional[int] = typer.Option(
+        None,
+        "--draw-copies",
+        help="multimodal: how many times each draw chat (caption -> picture) is in the train split "
+        "(default: dlm.multimodal.data.DRAW_COPIES).",
     ),
 ):
     """Build a training corpus as JSONL splits plus manifest.json."""
@@ -36,9 +39,10 @@ def data_prepare(
     if name == "multimodal":
         from ..multimodal.data import prepare
 
-        if draw_copies < 1:
+        if draw_copies is not None and draw_copies < 1:
             raise InputError("--draw-copies", f"got {draw_copies}; allowed: an integer >= 1")
-        m = prepare(out, draw_copies=draw_copies, log=lambda msg: typer.echo(msg, err=True))
+        copies = {} if draw_copies is None else {"draw_copies": draw_copies}
+        m = prepare(out, **copies, log=lambda msg: typer.echo(msg, err=True))
         typer.echo(f"corpus {name!r} in {out} ({time.perf_counter() - t0:.1f} s): rows {m['rows']}")
         return
     m = prepare_python_corpus(

@@ -15,6 +15,7 @@ import json
 import random
 from pathlib import Path
 
+from ..errors import InputError
 from .image_tokenizer import ImageTokenizer
 from .scenes import digits, render, scenes
 from .vocab import image_text
@@ -29,7 +30,7 @@ def chats(image_tokenizer: ImageTokenizer, split: str, seed: int = 0, draw_copie
     """Every chat of a split: per scene `draw_copies` identical `draw` chats, one `describe`, one `text` and one
     `vqa` per question; per digit one `digit`."""
     if draw_copies < 1:
-        raise ValueError(f"draw_copies must be >= 1, got {draw_copies}")
+        raise InputError("draw_copies", f"got {draw_copies}; allowed: an integer >= 1")
     rows = []
 
     def add(kind: str, user: str, answer: str) -> None:
