@@ -1,6 +1,7 @@
 """The claims report's verdict rules and report writing, on synthetic measurements (the measuring itself runs in
 tests/integration/test_claims.py)."""
 
+import json
 import math
 
 import pytest
@@ -225,3 +226,31 @@ def test_claim_8_reads_the_int8_diffusion_row_against_gpt2_small():
     assert {r["claim"]: r for r in claims.verdicts(m)}[8]["verdict"] == "not measured"
     del m["edge"]
     assert {r["claim"]: r for r in claims.verdicts(m)}[8]["verdict"] == "not measured"
+
+
+def test_report_states_rl_vs_sft_from_the_paired_counts(tmp_path):
+    """The diffu-GRPO section (benchmarks/grpo_vs_sft.py's JSON): the verdict follows McNemar on the same items."""
+    start, rl, sft = [1] * 60 + [0] * 140, [1] * 90 + [0] * 110, [1] * 60 + [0] * 140
+    result = {"task": "arithmetic", "options": ["digits=3", "ops=+", "layout=padded"], "rl_seconds": 120.0,
+              "rl_settings": {"steps": 20, "prompts_per_step": 4, "group_size": 8, "lr": 5e-5},
+              "sft": {"steps": 700, "examples": 22400, "lr": 1e-3, "seconds": 121.0},
+              "results": {"start": {"n": 200}}, "items": {"start": start, "rl": rl, "sft": sft},
+              "mcnemar_rl_vs_sft": claims.mcnemar(rl, sft), "curve": [{"step": s, "reward": 0.5} for s in range(1, 21)],
+              "start_stage": {"until": 0.3, "valid_curve": [{"step": 4500, "valid_accuracy": 0.31}]}}  # fmt: skip
+    (tmp_path / "grpo").mkdir()
+    (tmp_path / "grpo" / "grpo_vs_sft.json").write_text(json.dumps(result))
+    text = claims.write_report(_measurements(), tmp_path).read_text()
+    assert "## RL after SFT (diffu-GRPO) vs more SFT" in text and "| rl | 90/200 (45.0%) |" in text
+    assert "**grpo**: `python benchmarks/grpo_vs_sft.py` (arithmetic, digits=3, ops=+, layout=padded)" in text
+    assert "20 GRPO steps × 4 prompts × 8 rollouts at lr 5e-05 (120 s)" in text
+    assert "RL after SFT beats more SFT at equal compute (RL alone right on 30 items, SFT alone on 0" in text
+    assert "step 4,500: 31.0%" in text and "steps 11–20: 0.500" in text
+    result["items"]["rl"], result["mcnemar_rl_vs_sft"] = sft, claims.mcnemar(sft, sft)
+    (tmp_path / "grpo" / "grpo_vs_sft.json").write_text(json.dumps(result))
+    text = claims.write_report(_measurements(), tmp_path).read_text()
+    assert "No difference shown at p < 0.05 (RL alone right on 0 items, SFT alone on 0; exact McNemar p = 1)" in text
+    result["items"]["rl"], result["mcnemar_rl_vs_sft"] = [0] * 200, claims.mcnemar([0] * 200, sft)
+    (tmp_path / "grpo" / "grpo_vs_sft.json").write_text(json.dumps(result))
+    assert "More SFT beats RL after SFT" in claims.write_report(_measurements(), tmp_path).read_text()
+    (tmp_path / "grpo" / "grpo_vs_sft.json").unlink()
+    assert "diffu-GRPO" not in claims.write_report(_measurements(), tmp_path).read_text()

@@ -164,6 +164,22 @@ def test_arithmetic_verifier():
         get_task("arithmetic", ops="-")
 
 
+def test_arithmetic_padded_layout_fixes_every_answers_length():
+    plain, padded = get_task("arithmetic", digits=3), get_task("arithmetic", digits=3, layout="padded")
+    for split in ("train", "test"):  # the same instances, split alike
+        a, b = plain.examples(split, 50), padded.examples(split, 50)
+        assert [x.prompt for x in a] == [x.prompt for x in b]
+        assert [int(x.answer) for x in a] == [int(x.answer) for x in b]
+        assert {len(x.answer) for x in b} == {4, 6}  # 3 + 1 digits for +, 2 * 3 for *
+        assert all(len(x.answer) == (4 if x.meta["op"] == "+" else 6) for x in b)
+    ex = next(x for x in padded.examples("test", 50) if x.meta["a"] + x.meta["b"] < 1000 and x.meta["op"] == "+")
+    value = ex.meta["a"] + ex.meta["b"]
+    assert ex.answer == f"0{value}"  # e.g. 123 + 456 = 0579
+    assert padded.verify(ex, ex.answer) and padded.verify(ex, str(value)) and not padded.verify(ex, f"0{value + 1}")
+    with pytest.raises(InputError, match="layout"):
+        get_task("arithmetic", layout="reversed")
+
+
 def test_facts_world_prose_and_hallucination_scoring():
     t = get_task("facts")
     docs = " ".join(t.documents())

@@ -1,10 +1,12 @@
-"""The claims report's text: the verdict table, the rules, the task head-to-head and the Sudoku section."""
+"""The claims report's text: the verdict table, the rules, the task head-to-head, the Sudoku and Countdown
+target sections, RL vs more SFT (grpo.py) and claim 9 (multimodal.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .measuring import TASKS
+from .grpo import section as grpo_section
 from .multimodal import section as multimodal_section
 from .plots import write_plots
 from .rules import matched_nfe, preregistered, verdicts
@@ -174,7 +176,8 @@ def write_report(m: dict, out_dir: str | Path = "reports") -> Path:
         "a verdict here is about this scale, not about 8B models on GPUs.",
         "",
     ]
-    lines += _task_table(m) + _target_section(m, "sudoku") + _target_section(m, "countdown") + multimodal_section(m)
+    lines += _task_table(m) + _target_section(m, "sudoku") + _target_section(m, "countdown")
+    lines += grpo_section(out) + multimodal_section(m)
     lines += [f"![{f}]({f})" for f in files]
     path = out / "claims.md"
     path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,70 @@
+"""The claims report's diffu-GRPO section: does RL after SFT beat the same compute spent on more SFT? Read from
+what `benchmarks/grpo_vs_sft.py` wrote (OUT/grpo/grpo_vs_sft.json); every sentence follows from its numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .stats import interval
+
+ALPHA = 0.05
+
+
+def verdict(result: dict) -> str:
+    """One sentence from the paired test: RL ahead, SFT ahead (p < ALPHA) or no difference shown."""
+    m, k = result["mcnemar_rl_vs_sft"], {name: sum(v) for name, v in result["items"].items()}
+    counts = f"RL alone right on {m['only_x']} items, SFT alone on {m['only_y']}; exact McNemar p = {m['p']:.3g}"
+    if k["start"] == 0:
+        return (f"Not shown: the start answered none of the test items and its rollouts rarely earned a reward, so "
+                f"RL had almost nothing to learn from ({counts}).")  # fmt: skip
+    if m["p"] < ALPHA and m["only_x"] > m["only_y"]:
+        return f"RL after SFT beats more SFT at equal compute ({counts})."
+    if m["p"] < ALPHA:
+        return f"More SFT beats RL after SFT at equal compute ({counts})."
+    return f"No difference shown at p < {ALPHA} ({counts}): RL after SFT is not shown to beat more SFT."
+
+
+def section(out: Path) -> list[str]:
+    """The section's lines: one part per run of the benchmark under `out` (OUT/grpo*/grpo_vs_sft.json, in name
+    order), or none when it has not been run."""
+    runs = sorted(out.glob("grpo*/grpo_vs_sft.json"))
+    if not runs:
+        return []
+    lines = ["## RL after SFT (diffu-GRPO) vs more SFT", ""]
+    for path in runs:
+        lines += _run(json.loads(path.read_text()), path.parent.name)
+    return lines
+
+
+def _run(r: dict, name: str) -> list[str]:
+    rl, sft = r["rl_settings"], r["sft"]
+    command = r.get("command", "python benchmarks/grpo_vs_sft.py")
+    lines = [f"**{name}**: `{command}` ({r['task']}, {', '.join(r['options'])}): from one SFT diffusion model, "
+             f"{rl['steps']} GRPO steps × {rl['prompts_per_step']} prompts × {rl['group_size']} rollouts at lr "
+             f"{rl['lr']:.0e} ({r['rl_seconds']:.0f} s), against SFT continued from the same weights for the same "
+             f"seconds ({sft['steps']} steps, {sft['examples']:,} examples at lr {sft['lr']:.1e}); the first "
+             f"{r['results']['start']['n']} test items, greedy, scored for all three.", "",
+             "| model | accuracy | 95 % CI |", "|---|---|---|"]  # fmt: skip
+    for model, items in r["items"].items():
+        k, n = sum(items), len(items)
+        lo, hi = interval(k, n)
+        lines.append(f"| {model} | {k}/{n} ({k / n:.1%}) | {lo:.1%}–{hi:.1%} |")
+    lines += ["", verdict(r), ""]
+    stage = r.get("start_stage") or {}
+    start = stage.get("valid_curve") or []
+    if start:
+        steps = ", ".join(f"step {c['step']:,}: {c['valid_accuracy']:.1%}" for c in start)
+        lines += [
+            f"The start was SFT until it was right on {stage['until']:.0%} of 200 validation items "
+            f"(training-split instances never in its data): {steps}.",
+            "",
+        ]
+    curve = r["curve"]
+    chunks = [curve[i : i + 10] for i in range(0, len(curve), 10)]
+    lines.append(
+        "RL's training reward, mean over each span of 10 steps' rollouts: "
+        + ", ".join(f"steps {c[0]['step']}–{c[-1]['step']}: {sum(x['reward'] for x in c) / len(c):.3f}" for c in chunks)
+        + "."
+    )
+    return lines + [""]
