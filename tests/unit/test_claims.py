@@ -236,7 +236,8 @@ def test_report_states_rl_vs_sft_from_the_paired_counts(tmp_path):
               "sft": {"steps": 700, "examples": 22400, "lr": 1e-3, "seconds": 121.0},
               "results": {"start": {"n": 200}}, "items": {"start": start, "rl": rl, "sft": sft},
               "mcnemar_rl_vs_sft": claims.mcnemar(rl, sft), "curve": [{"step": s, "reward": 0.5} for s in range(1, 21)],
-              "start_stage": {"until": 0.3, "valid_curve": [{"step": 4500, "valid_accuracy": 0.31}]}}  # fmt: skip
+              "start_stage": {"sft_steps": 4000, "until_lr": 1e-3, "until": 0.3,
+                              "valid_curve": [{"step": 4500, "valid_accuracy": 0.31}]}}  # fmt: skip
     (tmp_path / "grpo").mkdir()
     (tmp_path / "grpo" / "grpo_vs_sft.json").write_text(json.dumps(result))
     text = claims.write_report(_measurements(), tmp_path).read_text()
@@ -244,6 +245,7 @@ def test_report_states_rl_vs_sft_from_the_paired_counts(tmp_path):
     assert "**grpo**: `python benchmarks/grpo_vs_sft.py` (arithmetic, digits=3, ops=+, layout=padded)" in text
     assert "20 GRPO steps × 4 prompts × 8 rollouts at lr 5e-05 (120 s)" in text
     assert "RL after SFT beats more SFT at equal compute (RL alone right on 30 items, SFT alone on 0" in text
+    assert "4,000 SFT steps on the config's schedule, then SFT at the constant rate 1e-03" in text
     assert "step 4,500: 31.0%" in text and "steps 11–20: 0.500" in text
     result["items"]["rl"], result["mcnemar_rl_vs_sft"] = sft, claims.mcnemar(sft, sft)
     (tmp_path / "grpo" / "grpo_vs_sft.json").write_text(json.dumps(result))
@@ -252,5 +254,16 @@ def test_report_states_rl_vs_sft_from_the_paired_counts(tmp_path):
     result["items"]["rl"], result["mcnemar_rl_vs_sft"] = [0] * 200, claims.mcnemar([0] * 200, sft)
     (tmp_path / "grpo" / "grpo_vs_sft.json").write_text(json.dumps(result))
     assert "More SFT beats RL after SFT" in claims.write_report(_measurements(), tmp_path).read_text()
-    (tmp_path / "grpo" / "grpo_vs_sft.json").unlink()
+    result["confirm"] = {"items": "test items 201-600", "n": 400, "correct": {"rl": [1] * 200 + [0] * 200,
+                         "sft": [1] * 170 + [0] * 230}, "mcnemar_rl_vs_sft": claims.mcnemar([1] * 30, [0] * 30)}
+    (tmp_path / "grpo-long").mkdir()
+    (tmp_path / "grpo-long" / "grpo_vs_sft.json").write_text(json.dumps(result))
+    text = claims.write_report(_measurements(), tmp_path).read_text()
+    assert text.index("**grpo**") < text.index("**grpo-long**")  # every run, in name order
+    assert "On these items (the run's settings were chosen after a look at them): More SFT beats RL" in text
+    assert "**Decided on fresh items**, a confirmation fixed before it ran (test items 201-600, never scored " \
+           "before): RL 200/400 (50.0%), SFT 170/400 (42.5%). RL after SFT beats more SFT at equal compute " \
+           "(RL alone right on 30 items, SFT alone on 0" in text
+    for run in ("grpo", "grpo-long"):
+        (tmp_path / run / "grpo_vs_sft.json").unlink()
     assert "diffu-GRPO" not in claims.write_report(_measurements(), tmp_path).read_text()

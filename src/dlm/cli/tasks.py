@@ -13,7 +13,7 @@ from .common import echo_json, tasks_app
 TASK_HELP = "sudoku | countdown | arithmetic | facts"
 TASK_OPTION_HELP = (
     "Task setting key=value, repeatable: sudoku givens=36 locked=false; countdown numbers=4 max_number=20; "
-    "arithmetic digits=4 ops=+*; facts people=400 seed=0."
+    "arithmetic digits=4 ops=+* layout=plain|padded; facts people=400 seed=0."
 )
 
 

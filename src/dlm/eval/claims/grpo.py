@@ -11,11 +11,11 @@ from .stats import interval
 ALPHA = 0.05
 
 
-def verdict(result: dict) -> str:
-    """One sentence from the paired test: RL ahead, SFT ahead (p < ALPHA) or no difference shown."""
-    m, k = result["mcnemar_rl_vs_sft"], {name: sum(v) for name, v in result["items"].items()}
+def verdict(m: dict, start_right: int | None = None) -> str:
+    """One sentence from a paired test `m` (McNemar: only_x = RL alone right, only_y = SFT alone right): RL
+    ahead, SFT ahead (p < ALPHA) or no difference shown; `start_right` = 0 says why RL had nothing to learn."""
     counts = f"RL alone right on {m['only_x']} items, SFT alone on {m['only_y']}; exact McNemar p = {m['p']:.3g}"
-    if k["start"] == 0:
+    if start_right == 0:
         return (f"Not shown: the start answered none of the test items and its rollouts rarely earned a reward, so "
                 f"RL had almost nothing to learn from ({counts}).")  # fmt: skip
     if m["p"] < ALPHA and m["only_x"] > m["only_y"]:
@@ -50,20 +50,31 @@ def _run(r: dict, name: str) -> list[str]:
         k, n = sum(items), len(items)
         lo, hi = interval(k, n)
         lines.append(f"| {model} | {k}/{n} ({k / n:.1%}) | {lo:.1%}–{hi:.1%} |")
-    lines += ["", verdict(r), ""]
+    first = verdict(r["mcnemar_rl_vs_sft"], sum(r["items"]["start"]))
+    c = r.get("confirm")
+    if c is None:
+        lines += ["", first, ""]
+    else:  # the run's settings were chosen after a look at the first items: the fresh items decide
+        k = {name: sum(v) for name, v in c["correct"].items()}
+        lines += ["", f"On these items (the run's settings were chosen after a look at them): {first}",
+                  "", f"**Decided on fresh items**, a confirmation fixed before it ran ({c['items']}, never scored "
+                  f"before): RL {k['rl']}/{c['n']} ({k['rl'] / c['n']:.1%}), SFT {k['sft']}/{c['n']} "
+                  f"({k['sft'] / c['n']:.1%}). {verdict(c['mcnemar_rl_vs_sft'])}", ""]  # fmt: skip
     stage = r.get("start_stage") or {}
     start = stage.get("valid_curve") or []
     if start:
         steps = ", ".join(f"step {c['step']:,}: {c['valid_accuracy']:.1%}" for c in start)
         lines += [
-            f"The start was SFT until it was right on {stage['until']:.0%} of 200 validation items "
+            f"The start: {stage['sft_steps']:,} SFT steps on the config's schedule, then SFT at the constant rate "
+            f"{stage['until_lr']:.0e} until it was right on {stage['until']:.0%} of 200 validation items "
             f"(training-split instances never in its data): {steps}.",
             "",
         ]
     curve = r["curve"]
-    chunks = [curve[i : i + 10] for i in range(0, len(curve), 10)]
+    span = max(10, -(-len(curve) // 100) * 10)  # at most ~10 spans
+    chunks = [curve[i : i + span] for i in range(0, len(curve), span)]
     lines.append(
-        "RL's training reward, mean over each span of 10 steps' rollouts: "
+        f"RL's training reward, mean over each span of {span} steps' rollouts: "
         + ", ".join(f"steps {c[0]['step']}–{c[-1]['step']}: {sum(x['reward'] for x in c) / len(c):.3f}" for c in chunks)
         + "."
     )
