@@ -60,8 +60,7 @@ def sft_for_seconds(config: str, start: str, out: Path, seconds: float, lr: floa
     cfg = load_run_config(config, [f"out_dir={out}", f"data.train=[{data}]", f"train.init_from={start}",
                                    f"optim.lr={lr}", "optim.warmup_steps=0", "optim.min_lr_ratio=1.0",
                                    "train.max_steps=100000", "train.eval_every=0", "train.save_every=0",
-                                   "train.compile=false",
-                                   "train.progress=false", *sets])  # fmt: skip
+                                   "train.compile=false", "train.progress=false", *sets])  # fmt: skip
     trainer = Trainer(cfg, log=lambda *a: None)
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:

@@ -1,5 +1,6 @@
 """The claims report's diffu-GRPO section: does RL after SFT beat the same compute spent on more SFT? Read from
-what `benchmarks/grpo_vs_sft.py` wrote (OUT/grpo/grpo_vs_sft.json); every sentence follows from its numbers."""
+what `benchmarks/grpo_vs_sft.py` wrote (OUT/grpo*/grpo_vs_sft.json, one per run); every sentence follows from
+its numbers."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def _run(r: dict, name: str) -> list[str]:
     stage = r.get("start_stage") or {}
     start = stage.get("valid_curve") or []
     if start:
-        steps = ", ".join(f"step {c['step']:,}: {c['valid_accuracy']:.1%}" for c in start)
+        steps = ", ".join(f"step {x['step']:,}: {x['valid_accuracy']:.1%}" for x in start)
         lines += [
             f"The start: {stage['sft_steps']:,} SFT steps on the config's schedule, then SFT at the constant rate "
             f"{stage['until_lr']:.0e} until it was right on {stage['until']:.0%} of 200 validation items "

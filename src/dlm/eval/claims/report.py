@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .measuring import TASKS
 from .grpo import section as grpo_section
+from .measuring import TASKS
 from .multimodal import section as multimodal_section
 from .plots import write_plots
 from .rules import matched_nfe, preregistered, verdicts
