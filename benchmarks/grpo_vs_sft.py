@@ -8,7 +8,7 @@ From one SFT diffusion model (`--start`; by default one trained here first, see 
      process.
   3. Both, and the start, answer the first N test items greedily (the task's default decoding); per item
      right/wrong, paired: an exact McNemar test of RL vs SFT. The RL reward curve is kept.
-Writes OUT/grpo_vs_sft.json and OUT/grpo_vs_sft.md (the table and the curve, one row per 10 RL steps); the
+Writes OUT/grpo_vs_sft.json and OUT/grpo_vs_sft.md (the run's part of the claims report's RL section); the
 models go under --runs, outside the checkout.
 
     python benchmarks/grpo_vs_sft.py [--task arithmetic --option digits=3 --option ops=+ --option layout=padded]
@@ -44,6 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import dlm  # noqa: E402
 from dlm.cli.tasks import make_task  # noqa: E402
 from dlm.eval.claims import stats  # noqa: E402
+from dlm.eval.claims.grpo import run_lines  # noqa: E402
 from dlm.tasks import evaluate, write_sft  # noqa: E402
 from dlm.training import Trainer, load_run_config  # noqa: E402
 from dlm.training.grpo import GRPOConfig, train_grpo  # noqa: E402
@@ -125,14 +126,16 @@ def confirm(task, runs: Path, report_dir: Path, n: int, m: int) -> int:
     test = stats.mcnemar(correct["rl"], correct["sft"])
     report["confirm"] = {"items": f"test items {n + 1}-{n + m}", "n": m, "correct": correct, "mcnemar_rl_vs_sft": test}
     (report_dir / "grpo_vs_sft.json").write_text(json.dumps(report, indent=1))
-    k = {name: sum(v) for name, v in correct.items()}
-    line = (f"Confirmation on {m} fresh test items ({n + 1}–{n + m}): RL {k['rl']}/{m} ({k['rl'] / m:.1%}), SFT "
-            f"{k['sft']}/{m} ({k['sft'] / m:.1%}); RL alone right on {test['only_x']}, SFT alone on {test['only_y']}, "
-            f"p = {test['p']:.3g}.")  # fmt: skip
-    with open(report_dir / "grpo_vs_sft.md", "a") as f:
-        f.write("\n" + line + "\n")
-    print(line)
+    print(write_markdown(report, report_dir))
     return 0
+
+
+def write_markdown(report: dict, report_dir: Path) -> str:
+    """OUT/grpo_vs_sft.md: the run as the claims report shows it (dlm.eval.claims.grpo.run_lines)."""
+    text = "\n".join([f"# diffu-GRPO vs more SFT at equal compute ({report['task']})", "",
+                      *run_lines(report, report_dir.name)])  # fmt: skip
+    (report_dir / "grpo_vs_sft.md").write_text(text)
+    return text
 
 
 def main(argv=None) -> int:
@@ -214,28 +217,7 @@ def main(argv=None) -> int:
               "start_stage": {"sft_steps": a.sft_steps, "sets": a.start_set, "until": a.until, "until_lr": a.until_lr,
                               "valid_curve": start_curve}}  # fmt: skip
     (report_dir / "grpo_vs_sft.json").write_text(json.dumps(report, indent=1))
-    lines = [f"# diffu-GRPO vs more SFT at equal compute ({a.task}, {a.n} test items)", "",
-             f"Start: `{start}`. RL: {rl_settings['steps']} steps × {rl_settings['prompts_per_step']} prompts × "
-             f"{rl_settings['group_size']} "
-             f"rollouts, {rl_seconds:.0f} s. SFT: {sft['steps']} more steps ({sft['examples']} examples) at lr "
-             f"{sft['lr']:.1e}, {sft['seconds']:.0f} s.", "",
-             "| model | accuracy | 95% CI | mean NFE |", "|---|---|---|---|"]  # fmt: skip
-    if start_curve:
-        lines[4:4] = ["The start's second SFT stage, accuracy on 200 validation items by step: " + ", ".join(
-            f"{c['step']}: {c['valid_accuracy']:.1%}" for c in start_curve) + ".", ""]  # fmt: skip
-    for name, r in results.items():
-        k = sum(correct[name])
-        lo, hi = stats.interval(k, r["n"])
-        lines.append(f"| {name} | {r['accuracy']:.1%} ({k}/{r['n']}) | {lo:.1%}–{hi:.1%} | {r['nfe_mean']:.1f} |")
-    m = test_rl_sft
-    lines += ["", f"RL vs SFT, exact McNemar on the same items: RL alone right on {m['only_x']}, SFT alone on "
-              f"{m['only_y']}, p = {m['p']:.3g}.", "", "RL training reward (mean over each step's rollouts):", "",
-              "| steps | mean reward |", "|---|---|"]  # fmt: skip
-    for i in range(0, len(curve), 10):
-        chunk = curve[i : i + 10]
-        lines.append(f"| {chunk[0]['step']}–{chunk[-1]['step']} | {sum(c['reward'] for c in chunk) / len(chunk):.3f} |")
-    (report_dir / "grpo_vs_sft.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_markdown(report, report_dir))
     return 0
 
 

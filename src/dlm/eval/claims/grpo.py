@@ -34,11 +34,12 @@ def section(out: Path) -> list[str]:
         return []
     lines = ["## RL after SFT (diffu-GRPO) vs more SFT", ""]
     for path in runs:
-        lines += _run(json.loads(path.read_text()), path.parent.name)
+        lines += run_lines(json.loads(path.read_text()), path.parent.name)
     return lines
 
 
-def _run(r: dict, name: str) -> list[str]:
+def run_lines(r: dict, name: str) -> list[str]:
+    """One run of benchmarks/grpo_vs_sft.py (its JSON) as report lines: settings, table, verdict, curves."""
     rl, sft = r["rl_settings"], r["sft"]
     command = r.get("command", "python benchmarks/grpo_vs_sft.py")
     lines = [f"**{name}**: `{command}` ({r['task']}, {', '.join(r['options'])}): from one SFT diffusion model, "
