@@ -66,6 +66,11 @@ class BlockDiffusion(MaskedDiffusion):
             model_config = replace(model_config, attention="block_causal", block_size=int(size))
         return config, model_config
 
+    def noise_units(self, model, input_ids, attention_mask=None) -> torch.Tensor:
+        """Trajectory-ordered masking orders each block (`MaskedDiffusion.add_noise`)."""
+        _, positions, segments, _ = self._parts(model, input_ids.shape[1], attention_mask, input_ids.device)
+        return block_ids(positions, self.block_size, segments)
+
     @staticmethod
     def _parts(model, length: int, attention_mask, device):
         """(network, positions (B|1, L), segment ids or None, key mask (B, L) or None): a packed view

@@ -42,6 +42,24 @@ def masked_cross_entropy(
     return ce.masked_scatter(masked, _ce_rows(logits[masked], targets[masked], mask_token_id))
 
 
+def suffix_uniforms(u: torch.Tensor, units: torch.Tensor, maskable: torch.Tensor | None = None) -> torch.Tensor:
+    """Uniforms that mask suffixes: for the k-th of the n maskable slots of a unit (counted from 0, left to right),
+    (n - 1 - k + v) / n, with v the unit's first slot's draw in `u` (B, L). Then `u' < p` (p constant over the
+    unit) masks the last ⌊n·p + 1 - v⌋ (at most n) maskable slots: a suffix, and each slot k is masked with
+    probability clamp(n·p - (n - 1 - k), 0, 1), whose sum over the unit is n·p, as independent masking's."""
+    B, L = u.shape
+    m = torch.ones_like(u, dtype=torch.long) if maskable is None else maskable.long()
+    slots = torch.arange(L, device=u.device).expand(B, L)
+    n_units = int(units.max()) + 1
+    count = m.new_zeros(B, n_units).scatter_add(1, units, m)
+    before = m.cumsum(1) - m  # maskable slots before each slot in its row
+    start = slots.new_full((B, n_units), L).scatter_reduce(1, units, slots, "amin")  # each unit's first slot
+    k = before - before.gather(1, start.clamp(max=L - 1)).gather(1, units)
+    n = count.gather(1, units).clamp(min=1)
+    v = u.gather(1, start.clamp(max=L - 1)).gather(1, units)
+    return (n - 1 - k + v) / n
+
+
 @register_process
 class MaskedDiffusion(NoiseProcess):
     """Absorbing-state diffusion: forward process q(x_t | x_0), the losses that train p(x_0), the likelihood
@@ -62,17 +80,30 @@ class MaskedDiffusion(NoiseProcess):
         return MaskedReverse(self, config)
 
     # ---- noise ------------------------------------------------------------------------------
-    def add_noise(self, x0, t, generator=None, maskable: torch.Tensor | None = None, shard: tuple[int, int] = (0, 1)):
+    def add_noise(self, x0, t, generator=None, maskable: torch.Tensor | None = None, shard: tuple[int, int] = (0, 1),
+                  units: torch.Tensor | None = None):  # fmt: skip
         """Mask each maskable token with probability 1 - alpha(t) (`mask_prob`); t is (B,) or (B, L). Returns (x_t,
-        masked). `shard` as in sample_t: the uniforms are drawn for the global batch and this shard's rows kept."""
+        masked). `shard` as in sample_t: the uniforms are drawn for the global batch and this shard's rows kept.
+        `units` ((B|1, L) ids, e.g. `noise_units`): trajectory-ordered masking instead (d3LLM's pseudo-trajectory
+        for a left-to-right teacher): inside each unit the maskable tokens are masked from the last one back, so a
+        unit's masked set is always a suffix of them, of expected size mask_prob × their count (see
+        `suffix_uniforms`): the states a left-to-right decoder of the unit passes through."""
         p = self.mask_prob(x0, t, maskable)
         rank, world = shard
         u = rand((x0.shape[0] * world, *x0.shape[1:]), generator, x0.device)[rank::world]
+        if units is not None:
+            u = suffix_uniforms(u, units.expand_as(x0), maskable)
         masked = (u < p) & (x0 != self.mask_token_id)
         if maskable is not None:
             masked &= maskable
         xt = torch.where(masked, torch.full_like(x0, self.mask_token_id), x0)
         return xt, masked
+
+    def noise_units(self, model, input_ids, attention_mask=None) -> torch.Tensor:
+        """(B|1, L) ids of the spans that trajectory-ordered masking orders (`add_noise(units=...)`): the row, or
+        each packed example of a packed view."""
+        segments = getattr(model, "segment_ids", None)
+        return segments if segments is not None else torch.zeros_like(input_ids[:1])
 
     def mask_prob(self, x0, t, maskable=None) -> torch.Tensor:
         """(B, 1) or (B, L): the probability 1 - alpha(t) that a token is masked at level t, one level per row or

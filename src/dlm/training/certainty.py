@@ -8,6 +8,10 @@ per answer length, averaged over rows (w the schedule's ELBO weight; the complem
 plus `distill.certainty_weight` times the mean entropy of the student's distribution at the masked positions
 whose argmax is already the target: certainty is forced only where the student is right, so it learns to commit
 those tokens early and many at once, without being pushed to be sure of its mistakes. The views are averaged.
+
+`distill.mask_order: left_to_right` (the pseudo-trajectory masking of d3LLM, hao-ai-lab/d3LLM, for a teacher that
+writes left to right) masks a suffix of each block (of the answer, for a full-attention student) instead of
+independent tokens: the student then trains on the states a prefix-committing sampler (`threshold_prefix`) meets.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ class CertaintyForcing(Diffusion):
         """[(x_t, masked, per-position weight)]: the drawn mask, and with `complementary` its complement."""
         p = self.process
         t = p.training_t(net, ids, None, generator, shard)
-        xt, masked = p.add_noise(ids, t, generator, answer, shard)
+        units = p.noise_units(net, ids) if self.options.mask_order == "left_to_right" else None
+        xt, masked = p.add_noise(ids, t, generator, answer, shard, units=units)
         answer_len = answer.sum(1).clamp(min=1).float()[:, None]
         w = p.schedule.weight(t.float())
         w = (w[:, None] if w.dim() == 1 else w).expand(ids.shape)

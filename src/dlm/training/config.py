@@ -144,9 +144,13 @@ class DistillSection:
 
     certainty_weight: float = 1.0  # weight of the entropy term on masked positions the student already gets right
     complementary: bool = True  # each example also trained with the complementary mask (every answer token once)
+    # which answer tokens a level masks: "random" (each independently) or "left_to_right" (d3LLM's trajectory-ordered
+    # masking for a left-to-right teacher: a suffix of each block, or of the answer for a full-attention student)
+    mask_order: str = "random"
 
     def __post_init__(self):
         check_positive("distill.certainty_weight", self.certainty_weight, allow_zero=True)
+        check_choice("distill.mask_order", self.mask_order, ("random", "left_to_right"))
 
 
 @dataclass
