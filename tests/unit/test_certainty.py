@@ -20,10 +20,10 @@ def _setup(*overrides):
 
 
 @torch.no_grad()
-def by_hand(net, proc, ids, plen, seed, beta, complementary, ordered=False):
+def by_hand(net, proc, ids, plen, seed, beta, complementary, ordered=False, cap=1.0):
     g = torch.Generator().manual_seed(seed)
     answer = torch.arange(ids.shape[1])[None] >= plen[:, None]
-    t = proc.sample_t(ids.shape[0], g)
+    t = (proc.sample_t(ids.shape[0], g) * cap).clamp(min=1e-3)
     if ordered:  # the answer's last round(n t + 1 - v) tokens, v the draw at slot 0 (suffix_uniforms)
         u = torch.rand(ids.shape, generator=g)
         n = answer.sum(1)
@@ -74,6 +74,25 @@ def test_certainty_needs_sft_batches_and_a_masked_student():
         _setup("distill.certainty_weight=-1")
     with pytest.raises(ConfigError, match="distill.mask_order"):
         _setup("distill.mask_order=right_to_left")
+    with pytest.raises(ConfigError, match="distill.curriculum_start"):
+        _setup("distill.curriculum_start=0")
+
+
+def test_noise_curriculum_caps_the_levels_then_lets_go():
+    """d3LLM's curriculum: at step s of N the drawn levels are scaled by start + (1 - start) s / N; the loss is the
+    by-hand one at those levels; from step N on it is the plain objective's."""
+    obj, net = _setup("distill.curriculum_steps=10", "distill.curriculum_start=0.4")
+    ids = torch.randint(0, 23, (3, 10), generator=torch.Generator().manual_seed(1))
+    plen = torch.tensor([3, 4, 6])
+    batch = {"input_ids": ids, "prompt_lengths": plen}
+    for step, cap in [(0, 0.4), (5, 0.7), (10, 1.0), (30, 1.0)]:
+        obj.at_step(step)
+        assert obj.cap == pytest.approx(cap)
+        got = float(obj.loss(net, batch, generator=torch.Generator().manual_seed(7)).detach())
+        assert got == pytest.approx(by_hand(net, obj.process, ids, plen, 7, 1.0, True, cap=cap), rel=1e-5)
+    obj.at_step(0)
+    low = float(obj.loss(net, batch, generator=torch.Generator().manual_seed(7)).detach())
+    assert low != pytest.approx(by_hand(net, obj.process, ids, plen, 7, 1.0, True), rel=1e-3)
 
 
 @pytest.mark.parametrize("process", ["masked", "block"])

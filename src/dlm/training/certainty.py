@@ -12,6 +12,8 @@ those tokens early and many at once, without being pushed to be sure of its mist
 `distill.mask_order: left_to_right` (the pseudo-trajectory masking of d3LLM, hao-ai-lab/d3LLM, for a teacher that
 writes left to right) masks a suffix of each block (of the answer, for a full-attention student) instead of
 independent tokens: the student then trains on the states a prefix-committing sampler (`threshold_prefix`) meets.
+`distill.curriculum_steps` is d3LLM's noise curriculum: the drawn levels are scaled by a cap that rises linearly
+from `distill.curriculum_start` to 1 over that many optimizer steps.
 """
 
 from __future__ import annotations
@@ -33,11 +35,20 @@ class CertaintyForcing(Diffusion):
         if getattr(self.process, "mask_token_id", None) is None or self.process.name not in ("masked", "block"):
             raise ConfigError("diffusion.process", "the certainty objective trains masked or block students")
         self.options = run_config.distill
+        self.cap = 1.0  # the noise curriculum's cap on t at this step
+
+    def at_step(self, step: int) -> None:
+        super().at_step(step)
+        o = self.options
+        if o.curriculum_steps:
+            self.cap = min(1.0, o.curriculum_start + (1.0 - o.curriculum_start) * step / o.curriculum_steps)
 
     def views(self, ids, answer, generator, shard, net):
         """[(x_t, masked, per-position weight)]: the drawn mask, and with `complementary` its complement."""
         p = self.process
         t = p.training_t(net, ids, None, generator, shard)
+        if self.cap < 1:
+            t = (t * self.cap).clamp(min=p.config.eps)
         units = p.noise_units(net, ids) if self.options.mask_order == "left_to_right" else None
         xt, masked = p.add_noise(ids, t, generator, answer, shard, units=units)
         answer_len = answer.sum(1).clamp(min=1).float()[:, None]

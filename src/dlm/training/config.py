@@ -147,10 +147,18 @@ class DistillSection:
     # which answer tokens a level masks: "random" (each independently) or "left_to_right" (d3LLM's trajectory-ordered
     # masking for a left-to-right teacher: a suffix of each block, or of the answer for a full-attention student)
     mask_order: str = "random"
+    # d3LLM's noise curriculum: over the first `curriculum_steps` optimizer steps the drawn levels t are scaled by
+    # a cap rising linearly from `curriculum_start` to 1 (few masks first, then every level); 0 = off
+    curriculum_steps: int = 0
+    curriculum_start: float = 0.3
 
     def __post_init__(self):
         check_positive("distill.certainty_weight", self.certainty_weight, allow_zero=True)
         check_choice("distill.mask_order", self.mask_order, ("random", "left_to_right"))
+        if not isinstance(self.curriculum_steps, int) or self.curriculum_steps < 0:
+            raise ConfigError("distill.curriculum_steps", f"got {self.curriculum_steps!r}; must be an integer >= 0")
+        if not 0 < self.curriculum_start <= 1:
+            raise ConfigError("distill.curriculum_start", f"got {self.curriculum_start!r}; must be in (0, 1]")
 
 
 @dataclass
