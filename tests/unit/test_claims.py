@@ -247,6 +247,12 @@ def test_report_states_rl_vs_sft_from_the_paired_counts(tmp_path):
     assert "RL after SFT beats more SFT at equal compute (RL alone right on 30 items, SFT alone on 0" in text
     assert "4,000 SFT steps on the config's schedule, then SFT at the constant rate 1e-03" in text
     assert "step 4,500: 31.0%" in text and "steps 11–20: 0.500" in text
+    assert "the first 200 test items, greedy" in text
+    result["test_items"] = [601, 800]  # a run on items no earlier run scored (--test-from 600)
+    (tmp_path / "grpo" / "grpo_vs_sft.json").write_text(json.dumps(result))
+    text = claims.write_report(_measurements(), tmp_path).read_text()
+    assert "test items 601–800 (never scored before), greedy" in text and "the first 200" not in text
+    del result["test_items"]
     result["items"]["rl"], result["mcnemar_rl_vs_sft"] = sft, claims.mcnemar(sft, sft)
     (tmp_path / "grpo" / "grpo_vs_sft.json").write_text(json.dumps(result))
     text = claims.write_report(_measurements(), tmp_path).read_text()
