@@ -43,11 +43,11 @@ def run_lines(r: dict, name: str) -> list[str]:
     rl, sft = r["rl_settings"], r["sft"]
     command = r.get("command", "python benchmarks/grpo_vs_sft.py")
     i0, i1 = r.get("test_items", (1, r["results"]["start"]["n"]))
-    items = f"the first {i1} test items" if i0 == 1 else f"test items {i0}–{i1} (never scored before)"
+    scored = f"the first {i1} test items" if i0 == 1 else f"test items {i0}–{i1} (never scored before)"
     lines = [f"**{name}**: `{command}` ({r['task']}, {', '.join(r['options'])}): from one SFT diffusion model, "
              f"{rl['steps']} GRPO steps × {rl['prompts_per_step']} prompts × {rl['group_size']} rollouts at lr "
              f"{rl['lr']:.0e} ({r['rl_seconds']:.0f} s), against SFT continued from the same weights for the same "
-             f"seconds ({sft['steps']} steps, {sft['examples']:,} examples at lr {sft['lr']:.1e}); {items}, "
+             f"seconds ({sft['steps']} steps, {sft['examples']:,} examples at lr {sft['lr']:.1e}); {scored}, "
              f"greedy, scored for all three.", "",
              "| model | accuracy | 95 % CI |", "|---|---|---|"]  # fmt: skip
     for model, items in r["items"].items():
