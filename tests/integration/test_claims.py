@@ -30,6 +30,7 @@ def test_quick_claims_report(tmp_path):
     assert tasks_table.count("not trained") == 3  # no twins under --tasks-root; Sudoku: the shipped pair
     assert "| sudoku | diffusion ✔" in tasks_table and m["tasks"]["sudoku"]["models"]["diffusion"]["parameters"] > 1e6
     assert (tmp_path / "speed_vs_quality.png").is_file()
+    assert not (tmp_path / "measurements.partial.json").exists()  # a finished run leaves no partial record
     # --tasks-only: the task twins are measured again (cached by weights and settings), the rest is kept
     again = subprocess.run(
         [sys.executable, "-m", "dlm.cli", "eval", "claims", "--quick", "--tasks-only", "--out", str(tmp_path),

@@ -273,3 +273,28 @@ def test_report_states_rl_vs_sft_from_the_paired_counts(tmp_path):
     for run in ("grpo", "grpo-long"):
         (tmp_path / run / "grpo_vs_sft.json").unlink()
     assert "diffu-GRPO" not in claims.write_report(_measurements(), tmp_path).read_text()
+
+
+def test_an_interrupted_full_run_keeps_its_finished_parts(tmp_path):
+    """`measure()` saves each part as it finishes; a rerun under the same key reuses them (and counts their
+    seconds), a rerun under another key (other weights, settings) measures again; done() removes the record."""
+    from dlm.eval.claims.measuring import _Parts
+
+    path, key, calls = tmp_path / "measurements.partial.json", {"quick": False, "weights": ["a", "b"]}, []
+
+    def part(value):
+        return lambda: calls.append(value) or {"v": value}
+
+    first = _Parts(path, key, lambda m: None)
+    assert first.get("bench", "speed", part(1)) == {"v": 1} and calls == [1]
+    with pytest.raises(KeyboardInterrupt):  # the session ends during the second part
+        first.get("quality", "quality", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    logged = []
+    again = _Parts(path, key, logged.append)
+    assert again.seconds >= 0 and again.get("bench", "speed", part(2)) == {"v": 1} and calls == [1]
+    assert "kept from the interrupted run" in logged[0]
+    assert again.get("quality", "quality", part(3)) == {"v": 3} and calls == [1, 3]
+    other = _Parts(path, {**key, "weights": ["a", "c"]}, lambda m: None)  # a retrained built-in: start over
+    assert other.get("bench", "speed", part(4)) == {"v": 4} and calls == [1, 3, 4]
+    other.done()
+    assert not path.exists()

@@ -292,30 +292,59 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
     diff, ar = dlm.load("builtin"), dlm.load("builtin-ar")
     functions = _functions(data)
     n = 8 if quick else 100
+    parts = _Parts(out / "measurements.partial.json", {
+        "quick": quick, "scorer": scorer, "data": data, "tasks_root": str(tasks_root),
+        "weights": [weights_digest(resolve_model_path(b)) for b in ("builtin", "builtin-ar")]}, log)  # fmt: skip
     m: dict = {"quick": quick, "machine": None, "conditions": {}}
-    log("speed: dlm bench")
-    m["bench"] = _bench(quick)
+    m["bench"] = parts.get("bench", "speed: dlm bench", lambda: _bench(quick))
     m["machine"] = m["bench"]["machine"]
-    log("quality, diversity, energy")
     prompts = code.completion_tasks(functions, n, 0)
     temps = [1.0] if quick else [0.5, 0.8, 1.0]
-    m["quality"] = _quality(diff, ar, load_scorer(scorer), prompts, temps, 16 if quick else 64)
-    log("infilling")
-    m["infill"] = _infill(diff, ar, code.infill_tasks(code.fit_to_model(diff, functions), n, 0, "line"))
-    log("control")
-    m["control"] = _control(diff, ar, functions, quick)
-    log("edge")
-    m["edge"] = _edge(Path(tasks_root).parent / "edge", data, quick)
-    log("tasks")
+    m["quality"] = parts.get("quality", "quality, diversity, energy",
+                             lambda: _quality(diff, ar, load_scorer(scorer), prompts, temps, 16 if quick else 64))
+    m["infill"] = parts.get("infill", "infilling", lambda: _infill(
+        diff, ar, code.infill_tasks(code.fit_to_model(diff, functions), n, 0, "line")))
+    m["control"] = parts.get("control", "control", lambda: _control(diff, ar, functions, quick))
+    m["edge"] = parts.get("edge", "edge", lambda: _edge(Path(tasks_root).parent / "edge", data, quick))
+    log("tasks")  # cached per model, task and settings under tasks_root/eval
     m["tasks"] = _tasks(Path(tasks_root), 10 if quick else 200, log)
     m["training"] = _training_curves(Path(tasks_root))
-    log("multimodal")
-    m["multimodal"] = multimodal.measure(Path(tasks_root).parent, out, quick=quick, log=log)
+    m["multimodal"] = parts.get("multimodal", "multimodal",
+                                lambda: multimodal.measure(Path(tasks_root).parent, out, quick=quick, log=log))
     m["conditions"] = {
         "builtin": _describe(diff, resolve_model_path("builtin")),
         "builtin-ar": _describe(ar, resolve_model_path("builtin-ar")),
         "scorer": scorer,
     }
-    m["seconds"] = time.perf_counter() - t0
+    m["seconds"] = time.perf_counter() - t0 + parts.seconds
     (out / "measurements.json").write_text(json.dumps(m, indent=1))
+    parts.done()
     return m
+
+
+class _Parts:
+    """A full run's measurements, each kept in `path` as soon as it is done, so an interrupted run (a session that
+    ends) picks up where it stopped: a part saved under the same key (quick, scorer, data, task root and the
+    built-ins' weights) is reused; any other key starts over. `done()` removes the file."""
+
+    def __init__(self, path: Path, key: dict, log):
+        self.path, self.key, self.log = path, key, log
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        self.parts = saved.get("parts", {}) if saved.get("key") == key else {}
+        self.seconds = float(sum(p["seconds"] for p in self.parts.values()))
+
+    def get(self, name: str, label: str, measure):
+        if name in self.parts:
+            self.log(f"{label}: kept from the interrupted run ({self.path.name})")
+            return self.parts[name]["value"]
+        self.log(label)
+        t0 = time.perf_counter()
+        value = measure()
+        self.parts[name] = {"value": value, "seconds": time.perf_counter() - t0}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": self.key, "parts": self.parts}))
+        tmp.replace(self.path)
+        return value
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
