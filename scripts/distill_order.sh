@@ -5,7 +5,7 @@
 # (examples/configs/builtin-block-distill.yaml: certainty forcing, 240 steps of 16), then for each student
 # `dlm bench` against the AR twin in one process (batch 1 and 8, gen 256) and the paired quality test against it.
 #   bash scripts/distill_order.sh [ORDER ...]       # default: random left_to_right
-# Outputs under runs/distill-<order>/ (the run, final/, bench.json, quality.txt). Each step is skipped when its
+# Outputs under runs/distill-<order>/ (the run, final/, bench.json, quality.json). Each step is skipped when its
 # output exists and every training resumes (--resume), so the script can be interrupted and rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,6 @@ for order in "${@:-random left_to_right}"; do
       --set train.progress=false --resume
     [ -s "$run/bench.json" ] || "$DLM" bench --methods ar,block-1,block --block-model "$run/final" \
       --batch-size 1 8 --gen-length 256 --json > "$run/bench.json"
-    [ -s "$run/quality.txt" ] || "$PY" benchmarks/paired_quality.py --a "$run/final" > "$run/quality.txt"
+    [ -s "$run/quality.json" ] || "$PY" benchmarks/paired_quality.py --a "$run/final" --out "$run/quality.json"
   done
 done
