@@ -291,7 +291,8 @@ def test_an_interrupted_full_run_keeps_its_finished_parts(tmp_path):
         first.get("quality", "quality", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
     logged = []
     again = _Parts(path, key, logged.append)
-    assert again.seconds >= 0 and again.get("bench", "speed", part(2)) == {"v": 1} and calls == [1]
+    assert again.seconds == first.parts["bench"]["seconds"]  # the kept part's recorded time counts in the total
+    assert again.get("bench", "speed", part(2)) == {"v": 1} and calls == [1]
     assert "kept from the interrupted run" in logged[0]
     assert again.get("quality", "quality", part(3)) == {"v": 3} and calls == [1, 3]
     other = _Parts(path, {**key, "weights": ["a", "c"]}, lambda m: None)  # a retrained built-in: start over
