@@ -33,7 +33,7 @@ A fourth run, fixed (and committed) before it ran, 2026-12-02: twice the third r
 the same start, decided on 400 test items no model has answered (601-1000), every other setting unchanged:
 `--rl-steps 600 --rl-lr 1e-4 --test-from 600 -n 400 --out reports/grpo-600 --runs ~/dlm-runs/grpo600
 --start ~/dlm-runs/grpo/start/until/step_3500` (the start of runs two and three: 7,500 SFT steps, 46.5 % on the
-validation items).
+validation items). It gave RL 48.0 % vs SFT 45.2 % (p = 0.47): not shown.
 """
 
 from __future__ import annotations

@@ -264,13 +264,17 @@ def test_report_states_rl_vs_sft_from_the_paired_counts(tmp_path):
                          "sft": [1] * 170 + [0] * 230}, "mcnemar_rl_vs_sft": claims.mcnemar([1] * 30, [0] * 30)}
     (tmp_path / "grpo-long").mkdir()
     (tmp_path / "grpo-long" / "grpo_vs_sft.json").write_text(json.dumps(result))
+    (tmp_path / "grpo-600").mkdir()  # more GRPO steps: after the others, though its name sorts before grpo-long
+    longer = {**result, "rl_settings": {**result["rl_settings"], "steps": 600}}
+    (tmp_path / "grpo-600" / "grpo_vs_sft.json").write_text(json.dumps(longer))
     text = claims.write_report(_measurements(), tmp_path).read_text()
-    assert text.index("**grpo**") < text.index("**grpo-long**")  # every run, in name order
+    assert text.index("**grpo**") < text.index("**grpo-long**") < text.index("**grpo-600**")  # by steps, then name
+    assert "600 GRPO steps × 4 prompts" in text
     assert "On these items (the run's settings were chosen after a look at them): More SFT beats RL" in text
     assert "**Decided on fresh items**, a confirmation fixed before it ran (test items 201-600, never scored " \
            "before): RL 200/400 (50.0%), SFT 170/400 (42.5%). RL after SFT beats more SFT at equal compute " \
            "(RL alone right on 30 items, SFT alone on 0" in text
-    for run in ("grpo", "grpo-long"):
+    for run in ("grpo", "grpo-long", "grpo-600"):
         (tmp_path / run / "grpo_vs_sft.json").unlink()
     assert "diffu-GRPO" not in claims.write_report(_measurements(), tmp_path).read_text()
 

@@ -27,14 +27,14 @@ def verdict(m: dict, start_right: int | None = None) -> str:
 
 
 def section(out: Path) -> list[str]:
-    """The section's lines: one part per run of the benchmark under `out` (OUT/grpo*/grpo_vs_sft.json, in name
-    order), or none when it has not been run."""
-    runs = sorted(out.glob("grpo*/grpo_vs_sft.json"))
+    """The section's lines: one part per run of the benchmark under `out` (OUT/grpo*/grpo_vs_sft.json, by number
+    of GRPO steps, then name), or none when it has not been run."""
+    runs = [(json.loads(p.read_text()), p.parent.name) for p in out.glob("grpo*/grpo_vs_sft.json")]
     if not runs:
         return []
     lines = ["## RL after SFT (diffu-GRPO) vs more SFT", ""]
-    for path in runs:
-        lines += run_lines(json.loads(path.read_text()), path.parent.name)
+    for r, name in sorted(runs, key=lambda run: (run[0]["rl_settings"]["steps"], run[1])):
+        lines += run_lines(r, name)
     return lines
 
 
