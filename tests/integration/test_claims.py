@@ -41,6 +41,33 @@ def test_quick_claims_report(tmp_path):
     m2 = json.loads((tmp_path / "measurements.json").read_text())
     assert m2["bench"] == m["bench"] and m2["quality"] == m["quality"] and m2["infill"] == m["infill"]
     assert m2["tasks"]["sudoku"]["diffusion"][-1]["cache_key"] == m["tasks"]["sudoku"]["diffusion"][-1]["cache_key"]
+    # --distilled-only: claim 1 with a distilled student (here builtin-block in a run folder whose data names the AR
+    # twin as its teacher, as `dlm train` on `dlm distill data` leaves it); everything else is kept
+    import shutil
+
+    from dlm.builtin import builtin_path
+
+    run, teacher_data = tmp_path / "student", tmp_path / "teacher-data"
+    shutil.copytree(builtin_path("builtin-block"), run / "final")
+    teacher_data.mkdir()
+    (teacher_data / "manifest.json").write_text(json.dumps({"teacher": "builtin-ar"}))
+    (run / "run_config.json").write_text(json.dumps({"data": {"train": [str(teacher_data / "part-*.jsonl")]},
+                                                     "train": {"init_from": "builtin-block"}}))  # fmt: skip
+    third = subprocess.run(
+        [sys.executable, "-m", "dlm.cli", "eval", "claims", "--quick", "--distilled-only", "--distilled",
+         str(run / "final"), "--out", str(tmp_path)], capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert third.returncode == 0, third.stderr
+    m3 = json.loads((tmp_path / "measurements.json").read_text())
+    assert m3["bench"] == m["bench"] and m3["tasks"] == m2["tasks"] and m3["distilled"]["teacher"] == "builtin-ar"
+    assert {r["method"] for r in m3["distilled"]["bench"]["rows"]} == {"ar", "block"}
+    text = (tmp_path / "claims.md").read_text()
+    assert "distilled student (it learned from the greedy outputs of the AR model it is compared with" in text
+    assert "distilled student: 6 layers × 320, block_causal attention" in text
+    assert "(fine-tuned from builtin-block)" in text
+    lone = subprocess.run([sys.executable, "-m", "dlm.cli", "eval", "claims", "--distilled-only", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert lone.returncode != 0 and "--distilled-only" in lone.stderr + lone.stdout
     none = subprocess.run([sys.executable, "-m", "dlm.cli", "eval", "claims", "--tasks-only", "--out",
                            str(tmp_path / "empty")], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert none.returncode != 0 and "--tasks-only" in none.stderr + none.stdout

@@ -110,6 +110,38 @@ def _control(d: int, a: int, n: int = 20, free=(0, 0)) -> dict:
     return {"constrained": {"diffusion": row(d), "ar": row(a)}, "free": {"diffusion": row(free[0]), "ar": row(free[1])}}
 
 
+def _student(tok_s: float, ar_tok_s: float = 300.0, teacher: str | None = "builtin-ar") -> dict:
+    rows = [{"batch": 1, "method": "ar", "tok_s": ar_tok_s, "tpf": 1.0, "task_score": 0.05},
+            {"batch": 1, "method": "block", "tok_s": tok_s, "tpf": 1.5, "task_score": 0.05}]  # fmt: skip
+    return {"bench": {"rows": rows, "machine": {"date": "2026-12-02", "cpu": "cpu"}}, "teacher": teacher}
+
+
+def test_claim_1_states_the_distilled_students_condition():
+    one = lambda d: next(r for r in claims.verdicts({**_measurements(), "distilled": d}) if r["claim"] == 1)  # noqa: E731
+    slow = one(_student(240.0))  # the pre-registered block model is slower (100 vs 300), so is the student
+    assert slow["verdict"] == "refuted" and "0.80×" in slow["measured"] and "TPF 1.50" in slow["measured"]
+    assert "learned from the greedy outputs of the AR model it is compared with" in slow["measured"]
+    fast = one(_student(450.0))  # only the student is ahead: the claim holds under its condition
+    assert fast["verdict"] == "partly confirmed" and "1.50×" in fast["measured"]
+    assert "only the student distilled from the AR twin is faster" in fast["why"]
+    assert "learned from smollm2's outputs" in one(_student(240.0, teacher="smollm2"))["measured"]
+    assert "its teacher is not recorded" in one(_student(240.0, teacher=None))["measured"]
+    assert one(None)["measured"] == one({})["measured"] and "distilled" not in one(None)["measured"]
+
+
+def test_a_students_teacher_is_read_from_its_run_and_data(tmp_path):
+    from dlm.eval.claims.measuring import distilled_teacher
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    assert distilled_teacher(run / "final") is None  # no run_config.json beside final/
+    (run / "run_config.json").write_text(json.dumps({"data": {"train": [str(data / "part-*.jsonl")]}}))
+    assert distilled_teacher(run / "final") is None  # the data has no manifest (not `dlm distill data`'s)
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"teacher": "builtin-ar", "complete": True}))
+    assert distilled_teacher(run / "final") == "builtin-ar"
+
+
 def test_claim_5_compares_both_twins_under_the_same_constraint_engine():
     verdict = lambda c: next(r for r in claims.verdicts({**_measurements(), "control": c}) if r["claim"] == 5)  # noqa: E731
     five = verdict(_control(20, 20))

@@ -216,22 +216,38 @@ def eval_claims(
         help="Measure the task twins (and their training curves) again; speed, quality and infilling come from "
         "OUT/measurements.json (e.g. after retraining a task twin).",
     ),  # fmt: skip
+    distilled: Path = typer.Option(
+        None, "--distilled",
+        help="A block student distilled from the AR twin (RUN/final of `dlm train` on `dlm distill data`): claim 1 "
+        "is measured with it too, its teacher stated.",
+    ),  # fmt: skip
+    distilled_only: bool = typer.Option(
+        False, "--distilled-only",
+        help="Measure only claim 1 with the --distilled student; the rest comes from OUT/measurements.json.",
+    ),  # fmt: skip
 ):
     """Measure the claims of CLAIMS.md (diffusion vs the AR twin) and write OUT/claims.md with plots."""
     from ..eval import claims
 
+    if distilled_only and distilled is None:
+        raise InputError("--distilled-only", "needs --distilled RUN/final (the student to measure)")
+    if distilled is not None and not (distilled / "config.json").is_file():
+        raise InputError("--distilled", f"{distilled} is not a model folder (no config.json)")
+    if sum((report_only, tasks_only, distilled_only)) > 1:
+        raise InputError("--report-only", "use one of --report-only, --tasks-only, --distilled-only")
     earlier = None
-    if report_only or tasks_only:
-        flag = "--report-only" if report_only else "--tasks-only"
+    if report_only or tasks_only or distilled_only:
+        flag = "--report-only" if report_only else "--tasks-only" if tasks_only else "--distilled-only"
         f = out / "measurements.json"
         if not f.is_file():
             raise InputError(flag, f"{f} not found; run without {flag} first")
         earlier = json.loads(f.read_text())
-        if tasks_only and earlier.get("quick") != quick:
-            raise InputError("--tasks-only", f"{f} was measured with quick={earlier.get('quick')}; pass the same")
+        if (tasks_only or distilled_only) and earlier.get("quick") != quick:
+            raise InputError(flag, f"{f} was measured with quick={earlier.get('quick')}; pass the same")
     if report_only:
         m = earlier
     else:
         m = claims.measure(out, quick=quick, tasks_root=tasks_root, scorer=scorer, data=data, earlier=earlier,
+                           distilled=distilled, redo="distilled" if distilled_only else "tasks",
                            log=lambda msg: typer.echo(f"# {msg}", err=True))  # fmt: skip
     typer.echo(f"wrote {claims.write_report(m, out)}")

@@ -13,17 +13,47 @@ from . import multimodal
 TASKS = ("sudoku", "countdown", "arithmetic", "facts")
 
 
-def _bench(quick: bool) -> dict:
+def _bench(quick: bool, extra: tuple[str, ...] = ()) -> dict:
     from ...bench import parser, run
 
     args = ["--batch-size", "1", "--gen-length", "256", "--runs", "3", "--tasks", "20"]
     if quick:
         args = ["--quick"]
-    a = parser().parse_args(args)
+    a = parser().parse_args([*args, *extra])
     if a.quick:
         a.batch_size, a.gen_length, a.block_length = [1], [16], 8
         a.prompts, a.runs, a.tasks, a.prompt_tokens = 2, 1, 2, 16
     return run(a)
+
+
+def distilled_teacher(folder: Path) -> str | None:
+    """The teacher a distilled student learned from, as its files record it: the training run's run_config.json
+    beside its final/ folder names the data, and `dlm distill data` wrote the teacher into that data's
+    manifest.json. None when any link is missing (then the report says the teacher is unknown)."""
+    cfg = Path(folder).parent / "run_config.json"
+    if not cfg.is_file():
+        return None
+    teachers = []
+    for pattern in json.loads(cfg.read_text()).get("data", {}).get("train", []):
+        manifest = Path(pattern).parent / "manifest.json"
+        if manifest.is_file():
+            teachers.append(json.loads(manifest.read_text()).get("teacher"))
+    teachers = sorted({t for t in teachers if t})
+    return ", ".join(teachers) or None
+
+
+def _distilled(folder: Path, quick: bool) -> dict:
+    """Claim 1 with a distilled block student (issue 16): the AR twin and the student's `block` method in one
+    `dlm bench` process, with the bench's claim-1 settings; plus the student's size, training and teacher."""
+    import dlm
+
+    bench = _bench(quick, ("--methods", "ar,block", "--block-model", str(folder)))
+    model = _describe(dlm.load(str(folder)), folder)
+    cfg = Path(folder).parent / "run_config.json"
+    start = json.loads(cfg.read_text()).get("train", {}).get("init_from") if cfg.is_file() else None
+    if start:
+        model["init_from"] = str(start)
+    return {"bench": bench, "teacher": distilled_teacher(folder), "model": model}
 
 
 def _quality(diff, ar, scorer, prompts, temperatures, gen_length) -> list[dict]:
@@ -261,10 +291,11 @@ def _strip(r: dict) -> dict:
 
 def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root: str | Path = "runs/tasks",
             scorer: str = "smollm2", data: str = "data/python/test.jsonl", log=lambda m: None,
-            earlier: dict | None = None) -> dict:  # fmt: skip
+            earlier: dict | None = None, distilled: str | Path | None = None, redo: str = "tasks") -> dict:  # fmt: skip
     """Run every measurement; returns (and writes to out_dir/measurements.json) the results. With `earlier` (a
-    previous measurements.json), only the task twins and their training curves are measured again; speed,
-    quality, infilling and their conditions are kept from it."""
+    previous measurements.json), only `redo` is measured again and the rest is kept from it: "tasks" (the task
+    twins and their training curves) or "distilled" (claim 1 with the distilled block student at `distilled`,
+    which a full run measures too when given)."""
     import dlm
 
     from .. import code
@@ -274,6 +305,14 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if earlier is not None and redo == "distilled":
+        m = dict(earlier)
+        log(f"claim 1 with the distilled student {distilled} (the rest kept from the earlier measurements)")
+        m["distilled"] = _distilled(Path(distilled), quick)
+        m["conditions"] = {**m.get("conditions", {}), "distilled student": m["distilled"]["model"]}
+        m["seconds"] = earlier.get("seconds", 0.0) + time.perf_counter() - t0
+        (out / "measurements.json").write_text(json.dumps(m, indent=1))
+        return m
     if earlier is not None:
         m = {k: v for k, v in earlier.items() if k not in ("tasks", "training", "seconds")}
         log("tasks (speed, quality and infilling kept from the earlier measurements)")
@@ -294,10 +333,14 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
     n = 8 if quick else 100
     parts = _Parts(out / "measurements.partial.json", {
         "quick": quick, "scorer": scorer, "data": data, "tasks_root": str(tasks_root),
-        "weights": [weights_digest(resolve_model_path(b)) for b in ("builtin", "builtin-ar")]}, log)  # fmt: skip
+        "weights": [weights_digest(resolve_model_path(b)) for b in ("builtin", "builtin-ar")],
+        "distilled": weights_digest(Path(distilled)) if distilled is not None else None}, log)  # fmt: skip
     m: dict = {"quick": quick, "machine": None, "conditions": {}}
     m["bench"] = parts.get("bench", "speed: dlm bench", lambda: _bench(quick))
     m["machine"] = m["bench"]["machine"]
+    if distilled is not None:
+        m["distilled"] = parts.get("distilled", "speed: the distilled student", lambda: _distilled(Path(distilled),
+                                                                                                 quick))
     prompts = code.completion_tasks(functions, n, 0)
     temps = [1.0] if quick else [0.5, 0.8, 1.0]
     m["quality"] = parts.get("quality", "quality, diversity, energy",
@@ -316,6 +359,8 @@ def measure(out_dir: str | Path = "reports", *, quick: bool = False, tasks_root:
         "builtin-ar": _describe(ar, resolve_model_path("builtin-ar")),
         "scorer": scorer,
     }
+    if "distilled" in m:
+        m["conditions"]["distilled student"] = m["distilled"]["model"]
     m["seconds"] = time.perf_counter() - t0 + parts.seconds
     (out / "measurements.json").write_text(json.dumps(m, indent=1))
     parts.done()

@@ -139,7 +139,8 @@ def _condition(name: str, v) -> str:
     if not isinstance(v, dict):
         return f"{name}: {v}"
     steps = f", {v['steps']:,} steps over {(v.get('tokens') or 0) / 1e6:.1f}M tokens" if v.get("steps") else ""
-    return f"{name}: {v['network']}, {v['parameters'] / 1e6:.2f}M parameters{steps}"
+    start = f" (fine-tuned from {v['init_from']})" if v.get("init_from") else ""
+    return f"{name}: {v['network']}, {v['parameters'] / 1e6:.2f}M parameters{steps}{start}"
 
 
 def write_report(m: dict, out_dir: str | Path = "reports") -> Path:

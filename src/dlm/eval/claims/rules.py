@@ -73,7 +73,37 @@ def _speed(m: dict, add) -> None:
         verdict, why = "partly confirmed", "faster, at a lower task score"
     else:
         verdict, why = "confirmed", "faster at the AR twin's task score or better"
-    add(1, measured, verdict, why + f"; pre-registered method: {pre['method']}")
+    why += f"; pre-registered method: {pre['method']}"
+    student = _distilled_speed(m.get("distilled"))
+    if student:
+        text, s_ratio = student
+        measured += "; " + text
+        if verdict == "refuted" and s_ratio >= 1:  # only a student of the twin is ahead: the condition is the claim
+            verdict, why = "partly confirmed", why + "; only the student distilled from the AR twin is faster"
+    add(1, measured, verdict, why)
+
+
+def _distilled_speed(d: dict | None) -> tuple[str, float] | None:
+    """Claim 1's conditioned row (issue 16): the distilled block student against the AR twin measured in the same
+    process, with the condition stated (whom it learned from); None when no student was measured."""
+    if not d:
+        return None
+    rows = [r for r in d["bench"]["rows"] if r["batch"] == 1]
+    ar = next((r for r in rows if r["method"] == "ar"), None)
+    st = next((r for r in rows if r["method"] == "block"), None)
+    if ar is None or st is None:
+        return None
+    ratio = st["tok_s"] / ar["tok_s"]
+    teacher = d.get("teacher")
+    condition = ("it learned from the greedy outputs of the AR model it is compared with" if teacher == "builtin-ar"
+                 else f"it learned from {teacher}'s outputs" if teacher else "its teacher is not recorded")
+    mc = d["bench"].get("machine") or {}
+    qd, qa = st.get("task_score"), ar.get("task_score")
+    quality = f"; task score {qd:.0%} vs {qa:.0%}" if qd is not None and qa is not None else ""
+    text = (f"distilled student ({condition}; measured {mc.get('date', '?')}, {mc.get('cpu', '?')}): block "
+            f"{st['tok_s']:.0f} tok/s (TPF {st['tpf']:.2f}) vs AR twin {ar['tok_s']:.0f} tok/s in the same process: "
+            f"{ratio:.2f}×{quality}")  # fmt: skip
+    return text, ratio
 
 
 def _hallucination(m: dict, add) -> None:
