@@ -9,7 +9,9 @@ one token appended to a KV cache of `--prefix` tokens (`dlm.model.KVCache`, as `
 (`CanvasCache.window` with keys up to the block's end, as `cache="block"` runs it), logits at the k slots. Both
 time the network call only (no sampler loop); `sampler step` rows time whole `Denoiser.step` calls of a block
 model (cache="block", low_confidence, one token per step; the prompt's prefill step excluded), loop included,
-and `ar step (loop included)` the same for `generate_autoregressive` (per token past the prefill). Medians.
+and `ar step (loop included)` the same for `generate_autoregressive` (per token past the prefill); `sampler loop
+alone` the same Denoiser.step calls with the network replaced by fixed logits (what the loop itself costs; the
+rest of a sampler step is its network calls, which also recompute each finished block once, clean). Medians.
 """
 
 from __future__ import annotations
@@ -60,14 +62,28 @@ def block_forward(net, ids, prefix: int, k: int):
                        logits_index=idx)  # fmt: skip
 
 
-def sampler_step(net, prompt: list[int], k: int, repeats: int) -> float:
-    """Median seconds of one Denoiser.step (cache="block", one token per step), the prefill step excluded."""
+def stub_network(vocab: int):
+    """Stands in for the network inside a Denoiser: fixed logits of the right shape, no compute. The sampler
+    step then times the loop alone (canvas bookkeeping, cache planning, the reverse step, the unmask policy)."""
+    logits = torch.randn(1, 1, vocab, generator=torch.Generator().manual_seed(0))
+
+    def fn(x, logits_index=None, **_):
+        return logits.expand(x.shape[0], logits_index.shape[1], -1).clone()
+
+    return fn
+
+
+def sampler_step(net, prompt: list[int], k: int, repeats: int, stub: bool = False) -> float:
+    """Median seconds of one Denoiser.step (cache="block", one token per step), the prefill step excluded; with
+    `stub`, the network call is replaced by `stub_network` (the loop alone)."""
     gen = GenerationConfig(gen_length=4 * k, steps=4 * k, block_length=k, cache="block", stop_at_eos=False)
     per_step = []
     for _ in range(repeats):
         d = Denoiser(net, gen)
         d.add([prompt])
         d.step()  # the prompt's prefill: not a denoising step
+        if stub:
+            d.runner.fn = stub_network(net.config.vocab_size)
         while d.live:
             t0 = time.perf_counter()
             d.step()
@@ -119,6 +135,9 @@ def main() -> None:
         per = sampler_step(net, prompt, k, max(3, a.runs // 20))
         rows.append({"method": f"block-{k} sampler step (loop included)", "ms": round(per * 1e3, 3),
                      "x_ar": round(per / ar, 3)})  # fmt: skip
+        loop = sampler_step(net, prompt, k, max(3, a.runs // 20), stub=True)
+        rows.append({"method": f"block-{k} sampler loop alone (network stubbed)", "ms": round(loop * 1e3, 3),
+                     "x_ar": round(loop / ar, 3)})  # fmt: skip
     print_table(rows, as_json=a.json)
     if not a.json:
         print(f"# {machine()} prefix {a.prefix}")
