@@ -123,7 +123,7 @@ def test_claim_1_states_the_distilled_students_condition():
     assert "learned from the greedy outputs of the AR model it is compared with" in slow["measured"]
     fast = one(_student(450.0))  # only the student is ahead: the claim holds under its condition
     assert fast["verdict"] == "partly confirmed" and "1.50×" in fast["measured"]
-    assert "only the student distilled from the AR twin is faster" in fast["why"]
+    assert "only the distilled student is faster" in fast["why"]
     assert "learned from smollm2's outputs" in one(_student(240.0, teacher="smollm2"))["measured"]
     assert "its teacher is not recorded" in one(_student(240.0, teacher=None))["measured"]
     assert one(None)["measured"] == one({})["measured"] and "distilled" not in one(None)["measured"]

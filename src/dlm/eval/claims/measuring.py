@@ -26,15 +26,18 @@ def _bench(quick: bool, extra: tuple[str, ...] = ()) -> dict:
     return run(a)
 
 
+def _run_config(folder: Path) -> dict:
+    """The settings of the `dlm train` run that made the model in `folder` (RUN/final): RUN/run_config.json."""
+    cfg = Path(folder).parent / "run_config.json"
+    return json.loads(cfg.read_text()) if cfg.is_file() else {}
+
+
 def distilled_teacher(folder: Path) -> str | None:
     """The teacher a distilled student learned from, as its files record it: the training run's run_config.json
     beside its final/ folder names the data, and `dlm distill data` wrote the teacher into that data's
     manifest.json. None when any link is missing (then the report says the teacher is unknown)."""
-    cfg = Path(folder).parent / "run_config.json"
-    if not cfg.is_file():
-        return None
     teachers = []
-    for pattern in json.loads(cfg.read_text()).get("data", {}).get("train", []):
+    for pattern in _run_config(folder).get("data", {}).get("train", []):
         manifest = Path(pattern).parent / "manifest.json"
         if manifest.is_file():
             teachers.append(json.loads(manifest.read_text()).get("teacher"))
@@ -49,8 +52,7 @@ def _distilled(folder: Path, quick: bool) -> dict:
 
     bench = _bench(quick, ("--methods", "ar,block", "--block-model", str(folder)))
     model = _describe(dlm.load(str(folder)), folder)
-    cfg = Path(folder).parent / "run_config.json"
-    start = json.loads(cfg.read_text()).get("train", {}).get("init_from") if cfg.is_file() else None
+    start = _run_config(folder).get("train", {}).get("init_from")
     if start:
         model["init_from"] = str(start)
     return {"bench": bench, "teacher": distilled_teacher(folder), "model": model}

@@ -79,7 +79,7 @@ def _speed(m: dict, add) -> None:
         text, s_ratio = student
         measured += "; " + text
         if verdict == "refuted" and s_ratio >= 1:  # only a student of the twin is ahead: the condition is the claim
-            verdict, why = "partly confirmed", why + "; only the student distilled from the AR twin is faster"
+            verdict, why = "partly confirmed", why + "; only the distilled student is faster"
     add(1, measured, verdict, why)
 
 
