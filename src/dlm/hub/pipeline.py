@@ -12,6 +12,7 @@ import torch
 from ..configs import from_dict
 from ..diffusion import DiffusionConfig, build_process
 from ..errors import CheckpointError, ConfigError, InputError, check_choice
+from ..model.layout import column_major
 from ..sampling import GenerationConfig, generate
 from ..sampling.autoregressive import generate_autoregressive
 from ..sampling.constraints import GrammarCompiler, StructuredOutput
@@ -81,6 +82,8 @@ class DiffusionLM:
             if dtype is None and resolve_device(device).type == "cpu":
                 dtype = "fp32"
             model = load_model(ck, device=device, dtype=dtype)
+            if resolve_device(device).type == "cpu":  # few-row sampling matmuls ~2x faster (dlm.model.layout)
+                column_major(model)
         gen, diff = checkpoint_settings(ck)
         tokenizer = open_tokenizer(ck)
         image_tok = None

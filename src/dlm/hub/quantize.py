@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..model import Transformer
+from ..model.layout import row_major
 from .loading import Checkpoint, resolve_device, resolve_dtype
 
 BITS = (8, 4)
@@ -159,6 +160,7 @@ def quantize(model, out_dir, bits: int, *, scheme: str = "weight_only", group_si
             f"{model}: not a floating-point dlm network (already quantised, or ONNX); quantise the original model",
         )
     spec = check_spec(bits, scheme, group_size, lm.model.config)
+    row_major(lm.model)  # torchao quantises contiguous (out, in) weights
     quantize_model(lm.model, spec)
     return save_quantized(lm, out_dir, spec)
 
