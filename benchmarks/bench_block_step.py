@@ -2,6 +2,7 @@
 same process: the profile behind issue 15's "a block-8 step with the exact cache ≤ 1.5× an AR step".
 
     python benchmarks/bench_block_step.py [--prefix 128] [--blocks 1 4 8 16 32] [--runs 200] [--threads 0] [--json]
+                                          [--layout column|row]
 
 Network: the built-in AR twin's config (~10M parameters), random weights (speed does not depend on them). `ar` is
 one token appended to a KV cache of `--prefix` tokens (`dlm.model.KVCache`, as `generate_autoregressive` runs it);
@@ -32,6 +33,7 @@ from common import machine, median_time, print_table  # noqa: E402
 from dlm.builtin import builtin_path  # noqa: E402
 
 from dlm.model import CanvasCache, KVCache, ModelConfig, Transformer  # noqa: E402
+from dlm.model.layout import column_major, row_major  # noqa: E402
 from dlm.sampling import GenerationConfig  # noqa: E402
 from dlm.sampling.autoregressive import generate_autoregressive  # noqa: E402
 from dlm.sampling.generate import Denoiser  # noqa: E402
@@ -107,12 +109,17 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--layout", choices=["column", "row"], default="column",
+                    help="linear weights column-major (what dlm.load gives on CPU: dlm.model.layout) or row-major "
+                    "(nn.Linear's default)")  # fmt: skip
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     cfg = replace(load_config(BUILTIN_AR), max_seq_len=1024)
     ar_net = Transformer(cfg).eval()
+    arrange = column_major if a.layout == "column" else row_major
+    arrange(ar_net)
     ids = torch.randint(4, cfg.vocab_size, (1, a.prefix + max(a.blocks)))
 
     kv = KVCache()
@@ -130,6 +137,7 @@ def main() -> None:
     for k in a.blocks:
         net = Transformer(replace(cfg, attention="block_causal", block_size=k)).eval()
         net.load_state_dict(ar_net.state_dict())
+        arrange(net)
         t = timed(block_forward(net, ids, a.prefix, k), a.runs)
         rows.append({"method": f"block-{k} (exact cache)", "ms": round(t * 1e3, 3), "x_ar": round(t / ar, 3)})
         per = sampler_step(net, prompt, k, max(3, a.runs // 20))
@@ -140,7 +148,7 @@ def main() -> None:
                      "x_ar": round(loop / ar, 3)})  # fmt: skip
     print_table(rows, as_json=a.json)
     if not a.json:
-        print(f"# {machine()} prefix {a.prefix}")
+        print(f"# {machine()} prefix {a.prefix}, {a.layout}-major linear weights")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def test_a_loaded_model_is_column_major_and_saves_the_same_bytes(tmp_path):
     lm.save_pretrained(tmp_path / "again")
     from safetensors.torch import load_file
 
-    read = lambda folder: {k: v for f in sorted(folder.glob("model*.safetensors")) for k, v in load_file(str(f)).items()}  # noqa: E731
+    def read(folder):
+        return {k: v for f in sorted(folder.glob("model*.safetensors")) for k, v in load_file(str(f)).items()}
+
     saved, orig = read(tmp_path / "again"), read(builtin_path("builtin-block"))
     assert saved.keys() == orig.keys()
     assert all(torch.equal(saved[k].to(orig[k].dtype), orig[k]) for k in orig)
