@@ -106,7 +106,7 @@ def test_frontier_keeps_the_points_nothing_beats_on_both():
 def test_dlm_bench_quick_json_reports_every_method_with_the_named_columns(models):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     args = ["--model", models / "diffusion", "--ar-model", models / "ar", "--block-model", models / "block"]
-    args += ["--task-data", models / "test.jsonl"]
+    args += ["--draft-model", models / "ar", "--task-data", models / "test.jsonl"]  # any causal model can draft
     p = subprocess.run(
         [sys.executable, "-m", "dlm.cli", "bench", "--quick", "--json", *map(str, args)],
         capture_output=True,
@@ -133,6 +133,7 @@ def test_dlm_bench_quick_json_reports_every_method_with_the_named_columns(models
         by = {r["method"]: r for r in got}
         assert by["reference"]["agreement"] == 1.0 and by["reference"]["x_reference"] == 1.0
         assert by["reference"]["tpf"] <= 1.0 and by["block-1"]["tpf"] <= 1.0  # one token per forward
+        assert by["draft"]["agreement"] == 1.0  # self-speculative decoding writes the same greedy text as draft-1
         assert by["+parallel"]["policy"] == "threshold" and by["+cache"]["cache"] == "dual"
         assert all(0.0 <= by[m]["agreement"] <= 1.0 for m in ("+cache", "+parallel", "+both"))
         assert by["ar"]["agreement"] is None and by["ar"]["cache"] == "kv"

@@ -11,6 +11,7 @@ import torch
 from dlm.diffusion import PROCESSES, DiffusionConfig
 from dlm.errors import ConfigError
 from dlm.model import Transformer
+from dlm.sampling import GenerationConfig
 from dlm.training import RunConfig
 from dlm.training.config import LoopConfig
 from dlm.training.objectives import OBJECTIVES, build_objective
@@ -22,9 +23,13 @@ VARIANTS = [(name, None) for name in sorted(OBJECTIVES) if name != "diffusion"] 
 ]
 
 
+NEEDS = {"draft_verify": {"generation": GenerationConfig(draft_block=3)}}  # settings an objective cannot run without
+
+
 def _objective(name, process):
     diff = DiffusionConfig(process=process) if process else DiffusionConfig()
-    return build_objective(RunConfig(train=LoopConfig(objective=name), diffusion=diff), tiny_config())
+    run = RunConfig(train=LoopConfig(objective=name), diffusion=diff, **NEEDS.get(name, {}))
+    return build_objective(run, tiny_config())
 
 
 def _batch(kind):

@@ -12,11 +12,14 @@ Methods (the diffusion ones share gen_length, block_length, stopping and dtype):
 | ar | the AR twin (--ar-model), left to right with its KV cache | | |
 | block-1 | the block-diffusion model (--block-model): left_to_right in its own blocks | gen_length | block |
 | block | the block model: threshold_prefix (--threshold) in its own blocks | gen_length, an upper bound | block |
+| draft-1 | the self-drafting causal model (--draft-model, train.objective draft_verify): left to right, KV cache | | |
+| draft | the same model, self-speculative (--draft-block): drafts verified by its AR head, KV cache | | |
 
 The block rows use the block model's own block size as block_length and the exact block cache; they commit in
 reading order (block-1 one token per forward; block every leading token of the active block whose confidence is
 >= --threshold, at least one), the order a model converted from an AR one decodes best in (docs/sampling.md).
-Their `agreement` is against block-1 (the same model one token per forward).
+Their `agreement` is against block-1 (the same model one token per forward); `draft`'s against draft-1 (1.0: the
+drafts only change how many forwards the same greedy text takes).
 
 Per method and (batch size, gen_length): tok/s (generated tokens, up to and including EOS, over the wall time
 of the timed runs), NFE (mean forwards per prompt), TPF (tokens per forward), p50 latency of one batch call,
@@ -49,11 +52,14 @@ import torch
 from ..errors import DLMError, InputError
 from ..sampling import GenerationConfig, generate
 from ..sampling.autoregressive import generate_autoregressive
+from ..sampling.speculative import generate_speculative
 from .quality import agreement, completion_quality, frontier, plot_frontier, repeated_ngrams  # noqa: F401
 from .system import machine, peak_memory
 
-METHODS = ("reference", "+cache", "+parallel", "+both", "ar", "block-1", "block")
+METHODS = ("reference", "+cache", "+parallel", "+both", "ar", "block-1", "block", "draft-1", "draft")
 BLOCK_METHODS = ("block-1", "block")
+DRAFT_METHODS = ("draft-1", "draft")
+CAUSAL_METHODS = ("ar", *DRAFT_METHODS)  # decoded left to right by a causal network (prefix-only infilling)
 COLUMNS = (
     "batch",
     "gen_length",
@@ -84,8 +90,9 @@ FALLBACK_PROMPTS = [
 
 def method_config(method: str, G: int, bl: int, a, block_size: int = 0) -> GenerationConfig | None:
     """The generation settings of a method; `block_size`: the block model's (block methods)."""
-    if method == "ar":
-        return GenerationConfig(gen_length=G, steps=G, stop_at_eos=a.stop_at_eos, dtype=a.dtype)
+    if method in CAUSAL_METHODS:
+        k = block_size if method == "draft" else 0
+        return GenerationConfig(gen_length=G, steps=G, stop_at_eos=a.stop_at_eos, dtype=a.dtype, draft_block=k)
     parallel = method in ("+parallel", "+both", "block")
     cache = a.cache if method in ("+cache", "+both") else "none"
     policy = "threshold" if parallel else "low_confidence"
@@ -181,7 +188,7 @@ def task_score(lm, tasks, method: str, a) -> float | None:
         return None
     from ..eval import code
 
-    if method == "ar":
+    if method in CAUSAL_METHODS:  # draft writes draft-1's text (the AR head's), so the same score
         return code.evaluate_infill(lm, tasks, seed=a.seed)["exact_match"]
     cfg = method_config(method, 1, 1, a, 1)
     kw = dict(policy=cfg.policy, threshold=cfg.threshold, cache=cfg.cache, cache_refresh=cfg.cache_refresh)
@@ -216,10 +223,13 @@ def run(a, log=lambda msg: None) -> dict:
             raise InputError("--methods", f"got {m!r}; allowed: {', '.join(METHODS)}")
     if not a.ar_model or a.ar_model.lower() == "none":
         methods = [m for m in methods if m != "ar"]
-    if not a.block_model or a.block_model.lower() == "none" or not _available(a.block_model):
-        if a.block_model and a.block_model.lower() != "none" and any(m in BLOCK_METHODS for m in methods):
-            log(f"no block-diffusion model {a.block_model!r} here: block rows skipped")
-        methods = [m for m in methods if m not in BLOCK_METHODS]
+    optional = (("block_model", "block-diffusion", BLOCK_METHODS), ("draft_model", "drafting", DRAFT_METHODS))
+    for option, kind, group in optional:
+        name = getattr(a, option)
+        if not name or name.lower() == "none" or not _available(name):
+            if name and name.lower() != "none" and any(m in group for m in methods):
+                log(f"no {kind} model {name!r} here: {group[-1]} rows skipped")
+            methods = [m for m in methods if m not in group]
     for name, v in (("--batch-size", a.batch_size), ("--gen-length", a.gen_length)):
         if any(x < 1 for x in v):
             raise InputError(name, f"got {v}; every value must be >= 1")
@@ -238,7 +248,13 @@ def run(a, log=lambda msg: None) -> dict:
         block = load(a.block_model, device=device)
         if block.model.config.attention != "block_causal":
             raise InputError("--block-model", f"{a.block_model} is not a block-diffusion (block_causal) model")
-    models = {"ar": ar, **{m: block for m in BLOCK_METHODS}}
+    draft = None
+    if any(m in DRAFT_METHODS for m in methods):
+        draft = load(a.draft_model, device=device)
+        if not draft.is_causal:
+            raise InputError("--draft-model", f"{a.draft_model} is not a causal model (train.objective draft_verify)")
+    draft_block = a.draft_block or (draft.generation_config.draft_block if draft is not None else 0) or 3
+    models = {"ar": ar, **{m: block for m in BLOCK_METHODS}, **{m: draft for m in DRAFT_METHODS}}
     block_size = block.model.config.block_size if block is not None else 0
     prompts, texts, tasks, signatures = load_prompts(a, lm)
     log(f"{len(prompts)} prompts, {len(tasks)} infilling tasks, methods {', '.join(methods)}")
@@ -248,7 +264,7 @@ def run(a, log=lambda msg: None) -> dict:
         scores[m] = task_score(models.get(m) or lm, tasks, m, a)
     rows, examples = [], {}
     for G0 in a.gen_length:
-        limit = min(x.model.config.max_seq_len for x in (lm, ar, block) if x is not None)
+        limit = min(x.model.config.max_seq_len for x in (lm, ar, block, draft) if x is not None)
         G = _fit(G0, a.block_length, prompts, limit)
         if G < 1:
             raise InputError("--gen-length", f"no room for a block of {a.block_length} after the prompts")
@@ -257,25 +273,27 @@ def run(a, log=lambda msg: None) -> dict:
         for B in a.batch_size:
             ref, refs = None, {}
             for m in methods:
-                cfg = method_config(m, G, a.block_length, a, block_size)
-                fn = generate_autoregressive if m == "ar" else generate
+                cfg = method_config(m, G, a.block_length, a, draft_block if m == "draft" else block_size)
+                fn = {"draft": generate_speculative, "ar": generate_autoregressive, "draft-1": generate_autoregressive}
+                fn = fn.get(m, generate)
                 model = (models.get(m) or lm).model
                 log(f"batch {B} gen_length {G}: {m}")
                 res = measure(fn, model, prompts, cfg, B, a.runs, device)
                 gens = res.pop("gens")
-                if m in ("reference", "block-1"):
+                if m in ("reference", "block-1", "draft-1"):
                     refs[m] = gens
                 if m == "reference":
                     ref = res
                 same = refs.get("block-1") if m in BLOCK_METHODS else refs.get("reference")
+                same = refs.get("draft-1") if m == "draft" else same
                 row = {
                     "batch": B,
                     "gen_length": G,
                     "method": m,
-                    "policy": "ar" if m == "ar" else cfg.policy,
-                    "cache": "kv" if m == "ar" else cfg.cache,
+                    "policy": {"ar": "ar", "draft-1": "ar", "draft": f"draft {draft_block}"}.get(m, cfg.policy),
+                    "cache": "kv" if m in CAUSAL_METHODS else cfg.cache,
                     **{k: res[k] for k in ("tok_s", "nfe", "tpf", "p50_s", "peak_rss_mb")},
-                    "agreement": None if m == "ar" or same is None else agreement(gens, same),
+                    "agreement": None if m in ("ar", "draft-1") or same is None else agreement(gens, same),
                     "task_score": scores[m],
                     "x_reference": None if ref is None else res["tok_s"] / ref["tok_s"],
                 }
@@ -292,6 +310,8 @@ def run(a, log=lambda msg: None) -> dict:
             "model",
             "ar_model",
             "block_model",
+            "draft_model",
+            "draft_block",
             "batch_size",
             "gen_length",
             "block_length",
@@ -310,6 +330,7 @@ def run(a, log=lambda msg: None) -> dict:
         )
     }
     settings["task_data"] = a.task_data or (DEFAULT_TASK_DATA if tasks else None)
+    settings["draft_block"] = draft_block if draft is not None else a.draft_block
     return {"machine": machine(), "settings": settings, "rows": rows, "examples": examples}
 
 
@@ -341,6 +362,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ar-model", default="builtin-ar", help="causal twin (default builtin-ar); 'none' to skip")
     p.add_argument(
         "--block-model", default="builtin-block", help="block-diffusion model (default builtin-block); 'none' to skip"
+    )
+    p.add_argument("--draft-model", default="none", help="causal model trained to draft (draft_verify); 'none' to skip")
+    p.add_argument(
+        "--draft-block", type=int, default=0, help="draft's block (0: the draft model's draft_block, else 3)"
     )
     p.add_argument("--batch-size", type=int, nargs="+", default=[1, 8])
     p.add_argument("--gen-length", type=int, nargs="+", default=[128])

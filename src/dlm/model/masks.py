@@ -122,3 +122,33 @@ def two_stream_mask(
         allowed = allowed & key_mask.to(torch.bool).repeat(1, 2)[:, None, :]
         allowed = allowed | torch.eye(2 * length, dtype=torch.bool, device=device)[None]
     return allowed[:, None]
+
+
+def draft_verify_mask(
+    length: int,
+    block_size: int,
+    *,
+    segment_ids: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    device=None,
+) -> torch.Tensor:
+    """The training mask of a causal network that also learns to draft (`train.objective: draft_verify`, TiDAR's
+    layout, arXiv 2511.08923) over x_0 ⊕ x_masked (2L slots: the clean copy first, then a fully masked copy at the
+    same positions): boolean (B|1, 1, 2L, 2L), True = may attend.
+
+    clean q → clean k: causal (k <= q), so the clean stream is the AR model and its K/V are an AR KV cache;
+    masked q → clean k: every clean key before the query's block (block(k) < block(q), block(p) = p // block_size);
+    masked q → masked k: same block (a block of masks is drafted at once, bidirectionally); clean q → masked k:
+    never. Composed with packing (`segment_ids`, per-segment `positions`) as `build_mask` composes it.
+    """
+    device = device if device is not None else next((t.device for t in (segment_ids, positions) if t is not None), None)
+    if positions is None:
+        positions = key_positions(None, length, device, segment_ids)
+    blocks = positions // block_size
+    bq, bk = blocks[:, :, None], blocks[:, None, :]
+    slot = torch.arange(length, device=device)
+    causal = (slot[None, :] <= slot[:, None])[None].expand_as(bq == bk)
+    same = torch.ones_like(causal) if segment_ids is None else segment_ids[:, :, None] == segment_ids[:, None, :]
+    never = torch.zeros_like(causal)
+    allowed = torch.cat([torch.cat([causal, never], -1), torch.cat([bk < bq, bq == bk], -1)], 1)
+    return (allowed & same.repeat(1, 2, 2))[:, None]

@@ -42,6 +42,10 @@ class GenerationConfig:
     # block (block_causal models: exact, append-only, never refreshed)
     cache: str = "none"
     cache_refresh: int = 0  # also recompute the cache every this many steps inside a block; 0 = at block starts
+    # self-speculative decoding of a causal model trained to draft (train.objective draft_verify): each forward
+    # verifies the last drafts with the AR head and drafts the next draft_block - 1 tokens (dlm.sampling.speculative;
+    # greedy, the output is the AR head's token for token); 0 = off (one token per forward)
+    draft_block: int = 0
     dtype: str = "float32"  # float32 | bfloat16 (autocast for the forward passes)
     compile: bool = False  # torch.compile the model's forward (dynamic shapes)
 
@@ -111,3 +115,5 @@ class GenerationConfig:
         check_positive("cache_refresh", self.cache_refresh, allow_zero=True)
         check_positive("no_repeat_ngram_size", self.no_repeat_ngram_size, allow_zero=True)
         check_choice("dtype", self.dtype, DTYPES)
+        if not isinstance(self.draft_block, int) or self.draft_block == 1 or self.draft_block < 0:
+            raise ConfigError("draft_block", f"got {self.draft_block!r}; must be 0 (off) or an integer >= 2")

@@ -140,7 +140,8 @@ class LoraSection:
 
 @dataclass
 class DistillSection:
-    """Options of the `certainty` objective (dParallel's certainty-forcing distillation; docs/training.md)."""
+    """Options of the `certainty` (dParallel's certainty-forcing distillation) and `draft_verify` objectives
+    (docs/training.md)."""
 
     certainty_weight: float = 1.0  # weight of the entropy term on masked positions the student already gets right
     complementary: bool = True  # each example also trained with the complementary mask (every answer token once)
@@ -151,9 +152,12 @@ class DistillSection:
     # a cap rising linearly from `curriculum_start` to 1 (few masks first, then every level); 0 = off
     curriculum_steps: int = 0
     curriculum_start: float = 0.3
+    # the draft_verify objective (dlm.training.draft_verify): weight of the drafter's cross-entropy beside the AR one
+    draft_weight: float = 1.0
 
     def __post_init__(self):
         check_positive("distill.certainty_weight", self.certainty_weight, allow_zero=True)
+        check_positive("distill.draft_weight", self.draft_weight, allow_zero=True)
         check_choice("distill.mask_order", self.mask_order, ("random", "left_to_right"))
         if not isinstance(self.curriculum_steps, int) or self.curriculum_steps < 0:
             raise ConfigError("distill.curriculum_steps", f"got {self.curriculum_steps!r}; must be an integer >= 0")

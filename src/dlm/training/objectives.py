@@ -218,3 +218,4 @@ def build_objective(run_config, model_config) -> Objective:
 
 
 from . import certainty  # noqa: E402, F401  (registers the certainty objective; it builds on Diffusion)
+from . import draft_verify  # noqa: E402, F401  (registers draft_verify; it builds on Autoregressive)
