@@ -63,6 +63,23 @@ def test_records_are_the_teacher_greedy_completions_and_train_as_sft(teacher, tm
     assert len(train) == 10 and int(train.prompt_lengths[0]) == 12
 
 
+def test_corpus_continuations_are_the_corpus_next_tokens_in_the_same_windows(teacher, tmp_path):
+    taught = make_teacher_data(_cfg(teacher, tmp_path / "t"), log=lambda m: None)
+    real = make_teacher_data(_cfg(teacher, tmp_path / "r", corpus_continuations=True), log=lambda m: None)
+    assert real["complete"] and real["fingerprint"] != taught["fingerprint"]
+    read = lambda d: [json.loads(line) for p in sorted(d.glob("part-*.jsonl")) for line in p.open()]  # noqa: E731
+    t, r = read(tmp_path / "t"), read(tmp_path / "r")
+    assert [x["prompt_ids"] for x in t] == [x["prompt_ids"] for x in r]
+    assert [x["completion_ids"] for x in t] != [x["completion_ids"] for x in r]
+    tok = DLMTokenizer.from_dir(BUILTIN)
+    from dlm.training.documents import expand_sources, iter_documents
+
+    docs = [tok.encode(d, parse_special=False) for _, d in iter_documents(expand_sources(SOURCES, "data"))]
+    for x in r:  # each completion is the text that follows its prompt in its document
+        i, o = map(int, x["source"].split(":"))
+        assert docs[i][o : o + 12] == x["prompt_ids"] and docs[i][o + 12 : o + 20] == x["completion_ids"]
+
+
 def test_bad_settings_name_the_field(teacher, tmp_path):
     with pytest.raises(DLMError, match="prompts"):
         _cfg(teacher, tmp_path, prompts=0)

@@ -12,7 +12,7 @@ from dlm.model import Transformer
 from dlm.model.masks import draft_verify_mask
 from dlm.sampling import GenerationConfig
 from dlm.sampling.autoregressive import generate_autoregressive
-from dlm.sampling.speculative import draft_round_layout, generate_speculative
+from dlm.sampling.speculative import draft_round_layout, generate_speculative, speculates
 from dlm.training.config import load_run_config
 from dlm.training.objectives import build_objective
 
@@ -103,6 +103,19 @@ def test_the_shipped_ar_twin_accepts_some_of_its_own_drafts_and_writes_the_same_
         assert sum(got.steps) < 2 * 64  # some rounds committed more than one token
     text = lm.generate("def fibonacci(n):", gen_length=32, draft_block=3)[0].text
     assert text == lm.generate("def fibonacci(n):", gen_length=32)[0].text
+    # what greedy verification cannot keep runs one token per forward: draft_block is a speed setting only
+    sampled = lm.generate("def f(x):", gen_length=16, draft_block=3, temperature=0.8, seed=4)[0]
+    assert sampled.text == lm.generate("def f(x):", gen_length=16, temperature=0.8, seed=4)[0].text
+    assert sampled.nfe == 16
+
+
+def test_what_runs_self_speculatively():
+    greedy = GenerationConfig(draft_block=3)
+    assert speculates(greedy) and not speculates(GenerationConfig())
+    assert not speculates(GenerationConfig(draft_block=3, temperature=0.5))
+    assert not speculates(GenerationConfig(draft_block=3, no_repeat_ngram_size=4))
+    assert not speculates(greedy, templates=[[1, 2]]) and speculates(greedy, templates=[None], constraints=[None])
+    assert not speculates(greedy, logits_processors=[lambda *a: a[1]])
 
 
 def test_bad_settings_are_refused_by_name():

@@ -26,6 +26,9 @@ def distill_data(
     no_repeat_ngram_size: int = typer.Option(
         0, "--no-repeat-ngram-size", help="The teacher never repeats an n-gram of this size (0 = plain greedy)."
     ),
+    corpus_continuations: bool = typer.Option(
+        False, "--corpus-continuations", help="Store the corpus's own next tokens, not the teacher's (real text)."
+    ),
     device: str = device_option(),
 ):
     """Generate (or resume) a distillation dataset: train a student on it with data.task: sft."""
@@ -34,6 +37,7 @@ def distill_data(
     cfg = TeacherDataConfig(teacher=teacher, data=list(data), out=str(out), prompts=prompts,
                             prompt_tokens=prompt_tokens, gen_length=gen_length, batch_size=batch_size,
                             shard_size=shard_size, seed=seed, max_bytes=max_bytes, dtype=dtype,
-                            no_repeat_ngram_size=no_repeat_ngram_size)  # fmt: skip
+                            no_repeat_ngram_size=no_repeat_ngram_size,
+                            corpus_continuations=corpus_continuations)  # fmt: skip
     m = make_teacher_data(cfg, device=device or "cpu", log=lambda msg: typer.echo(msg, err=True))
     typer.echo(f"{m['completions']} completions in {out} ({'complete' if m['complete'] else 'incomplete'})")

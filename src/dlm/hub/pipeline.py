@@ -15,7 +15,7 @@ from ..errors import CheckpointError, ConfigError, InputError, check_choice
 from ..model.layout import column_major
 from ..sampling import GenerationConfig, generate
 from ..sampling.autoregressive import generate_autoregressive
-from ..sampling.speculative import generate_speculative
+from ..sampling.speculative import generate_speculative, speculates
 from ..sampling.constraints import GrammarCompiler, StructuredOutput
 from .checkpoint import GENERATION_CONFIG_NAME, save_pretrained
 from .adapters import resolve_location
@@ -266,11 +266,7 @@ class DiffusionLM:
                     "a causal (autoregressive) model cannot condition on a suffix; "
                     "use infill(..., prefix_only=True) for prefix-only completion",
                 )
-            if cfg.draft_block:  # self-speculative: the same greedy text, several tokens per forward
-                given = {"templates": templates, "structured_outputs": constraints}
-                for name, value in {**given, "logits_processors": logits_processors}.items():
-                    if value and any(v is not None for v in value):
-                        raise InputError(name, "not available with draft_block (self-speculative decoding)")
+            if speculates(cfg, templates, constraints, logits_processors):  # the same text, fewer forwards
                 out = generate_speculative(self.model, ids, cfg, streamer=streamer,
                                            mask_token_id=self.tokenizer.mask_token_id)  # fmt: skip
             else:

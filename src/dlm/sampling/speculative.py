@@ -33,6 +33,17 @@ from .generate import GenerationOutput, _model_attr
 from .streamer import CallbackStreamer, StepEvent, Streamer
 
 
+def speculates(config: GenerationConfig, templates=None, constraints=None, logits_processors=()) -> bool:
+    """Whether a causal model's request runs self-speculatively: `draft_block` set and nothing the greedy
+    verification cannot keep (sampling, n-gram blocking, answer templates, grammars, logits processors). Otherwise
+    it decodes one token per forward, which gives the text the same request would get anyway: `draft_block` is a
+    speed setting only."""
+    extras = (templates, constraints, logits_processors)
+    if any(x and any(v is not None for v in x) for x in extras):
+        return False
+    return config.draft_block >= 2 and config.temperature == 0 and not config.no_repeat_ngram_size
+
+
 def draft_round_layout(past: int, drafts: int, k: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(position ids (1, Q), attention mask (1, 1, Q, past + Q) bool) of one round's forward: 1 + `drafts` clean
     slots (c and the drafts, causal) at positions past.., then drafts + 1 blocks of k masks, block j at positions
@@ -117,24 +128,38 @@ def _decode(model, prompts, config, k, eos_id, mask_id, device, amp, streamer):
         slots = torch.arange(pad, device=device)[None].expand(B, pad)
         causal = torch.ones((pad, pad), dtype=torch.bool, device=device).tril()[None, None]
         with amp:
-            model(ids, attention_mask=causal, position_ids=slots, cache=cache.window(slots, pad), logits_index=slots[:, :1])
+            model(
+                ids,
+                attention_mask=causal,
+                position_ids=slots,
+                cache=cache.window(slots, pad),
+                logits_index=slots[:, :1],
+            )
         nfe = [int(len(p) > 1) for p in prompts]
     c = [p[-1] for p in prompts]
     drafts: list[list[int]] = [[] for _ in range(B)]
     out: list[list[int]] = [[] for _ in range(B)]
     done, rounds = [False] * B, [0] * B
     live = list(range(B))  # rows still writing, in cache-row order
+    layouts: dict[int, tuple] = {}  # per number of drafts: positions, mask and head slots of a round
     step = 0
     while live:
         m = len(drafts[live[0]])  # 0 in the first round, k - 1 after: the same for every live row
         n = 1 + m
-        rel_pos, layout = draft_round_layout(0, m, k, device)
+        if m not in layouts:
+            rel_pos, layout = draft_round_layout(0, m, k, device)
+            # the head runs where a prediction is read: the clean slots, and block j's slots 0 .. k-2 (the tokens
+            # after a_{j+1}); a block's last slot only gives the others context
+            clean = torch.arange(n, device=device)
+            heads = torch.cat([clean, n + (clean[:, None] * k + torch.arange(k - 1, device=device)[None]).flatten()])
+            layouts[m] = rel_pos, layout[0, 0], heads[None]
+        rel_pos, layout, heads = layouts[m]
         q = rel_pos.shape[1]
         base = lengths[live]  # (R,)
         keys = int(base.max()) + q
         rel = torch.arange(keys, device=device)[None] - base[:, None]  # (R, K): key slot relative to the round start
         inside = (rel >= 0) & (rel < q)
-        mask = (rel < 0)[:, None, :] | (inside[:, None, :] & layout[0, 0][:, rel.clamp(0, q - 1)].transpose(0, 1))
+        mask = (rel < 0)[:, None, :] | (inside[:, None, :] & layout[:, rel.clamp(0, q - 1)].transpose(0, 1))
         tokens = torch.tensor([[c[r], *drafts[r]] + [mask_id] * (n * k) for r in live], device=device)
         with amp:
             logits = model(
@@ -142,9 +167,10 @@ def _decode(model, prompts, config, k, eos_id, mask_id, device, amp, streamer):
                 attention_mask=mask[:, None],
                 position_ids=base[:, None] + rel_pos,
                 cache=cache.window(base[:, None] + torch.arange(q, device=device)[None], keys),
+                logits_index=heads.expand(len(live), -1),
             ).float()
         verify = logits[:, :n].argmax(-1).tolist()  # verify[i][t]: the AR head's token after clean slot t
-        drafted = logits[:, n:].unflatten(1, (n, k))[:, :, : k - 1]  # block j's slots 0 .. k-2: after a_{j+1}
+        drafted = logits[:, n:].unflatten(1, (n, k - 1))  # block j's predictions of the k - 1 tokens after a_{j+1}
         drafted[..., mask_id] = float("-inf")
         drafted = drafted.argmax(-1).tolist()
         finished, rows, at, committed = [], [], [], []

@@ -40,6 +40,9 @@ class TeacherDataConfig:
     max_bytes: int = 20_000_000  # corpus text read to cut prompts from (0 = all)
     dtype: str = "float32"  # float32 | bfloat16 (the teacher's forward passes)
     no_repeat_ngram_size: int = 0  # the teacher never repeats an n-gram of this size (0 = plain greedy)
+    # store the corpus's own next gen_length tokens after each prompt instead of the teacher's (no teacher forward;
+    # the teacher gives the tokenizer): real text in the same format, to mix with a teacher's completions
+    corpus_continuations: bool = False
 
     def __post_init__(self) -> None:
         for name in ("prompts", "prompt_tokens", "gen_length", "batch_size", "shard_size"):
@@ -63,8 +66,9 @@ def cut_prompts(docs: list[list[int]], n: int, length: int, seed: int) -> list[t
 
 def _fingerprint(cfg: TeacherDataConfig, tokenizer_hash: str) -> str:
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("out", "batch_size", "shard_size")}
-    if not keep["no_repeat_ngram_size"]:  # added later: datasets made without it keep their fingerprint
-        del keep["no_repeat_ngram_size"]
+    for added in ("no_repeat_ngram_size", "corpus_continuations"):  # added later: older datasets keep theirs
+        if not keep[added]:
+            del keep[added]
     return hashlib.sha1(json.dumps([keep, tokenizer_hash], sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -126,8 +130,12 @@ def make_teacher_data(cfg: TeacherDataConfig, *, device="cpu", log=print, max_sh
         for b in range(0, len(shard), cfg.batch_size):
             chunk = shard[b : b + cfg.batch_size]
             prompts = [docs[i][o : o + cfg.prompt_tokens] for i, o in chunk]
-            res = generate_autoregressive(lm.model, prompts, gen)
-            for (i, o), p, c in zip(chunk, prompts, res.sequences):
+            if cfg.corpus_continuations:
+                after = cfg.prompt_tokens + cfg.gen_length
+                completions = [docs[i][o + cfg.prompt_tokens : o + after] for i, o in chunk]
+            else:
+                completions = generate_autoregressive(lm.model, prompts, gen).sequences
+            for (i, o), p, c in zip(chunk, prompts, completions):
                 lines.append(json.dumps({"prompt_ids": p, "completion_ids": c, "source": f"{i}:{o}"}))
         tmp = path.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
