@@ -110,9 +110,9 @@ def _control(d: int, a: int, n: int = 20, free=(0, 0)) -> dict:
     return {"constrained": {"diffusion": row(d), "ar": row(a)}, "free": {"diffusion": row(free[0]), "ar": row(free[1])}}
 
 
-def _student(tok_s: float, ar_tok_s: float = 300.0, teacher: str | None = "builtin-ar") -> dict:
+def _student(tok_s: float, ar_tok_s: float = 300.0, teacher: str | None = "builtin-ar", method="block") -> dict:
     rows = [{"batch": 1, "method": "ar", "tok_s": ar_tok_s, "tpf": 1.0, "task_score": 0.05},
-            {"batch": 1, "method": "block", "tok_s": tok_s, "tpf": 1.5, "task_score": 0.05}]  # fmt: skip
+            {"batch": 1, "method": method, "tok_s": tok_s, "tpf": 1.5, "task_score": 0.05}]  # fmt: skip
     return {"bench": {"rows": rows, "machine": {"date": "2026-12-02", "cpu": "cpu"}}, "teacher": teacher}
 
 
@@ -127,6 +127,10 @@ def test_claim_1_states_the_distilled_students_condition():
     assert "learned from smollm2's outputs" in one(_student(240.0, teacher="smollm2"))["measured"]
     assert "its teacher is not recorded" in one(_student(240.0, teacher=None))["measured"]
     assert one(None)["measured"] == one({})["measured"] and "distilled" not in one(None)["measured"]
+    # a causal student that drafts for itself (draft_verify), trained on the twin's outputs and real text
+    drafter = one(_student(450.0, teacher="builtin-ar, corpus", method="draft"))
+    assert drafter["verdict"] == "partly confirmed" and "): draft 450 tok/s" in drafter["measured"]
+    assert "the AR model it is compared with, mixed with real text" in drafter["measured"]
 
 
 def test_a_students_teacher_is_read_from_its_run_and_data(tmp_path):
@@ -140,6 +144,12 @@ def test_a_students_teacher_is_read_from_its_run_and_data(tmp_path):
     data.mkdir()
     (data / "manifest.json").write_text(json.dumps({"teacher": "builtin-ar", "complete": True}))
     assert distilled_teacher(run / "final") == "builtin-ar"
+    train = [str(data / "p*"), str(tmp_path / "r" / "p*")]
+    (run / "run_config.json").write_text(json.dumps({"data": {"train": train}}))
+    (tmp_path / "r").mkdir()
+    real = {"teacher": "builtin-ar", "settings": {"corpus_continuations": True}}  # real text, the teacher's tokenizer
+    (tmp_path / "r" / "manifest.json").write_text(json.dumps(real))
+    assert distilled_teacher(run / "final") == "builtin-ar, corpus"
 
 
 def test_claim_5_compares_both_twins_under_the_same_constraint_engine():

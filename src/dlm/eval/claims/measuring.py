@@ -35,23 +35,28 @@ def _run_config(folder: Path) -> dict:
 def distilled_teacher(folder: Path) -> str | None:
     """The teacher a distilled student learned from, as its files record it: the training run's run_config.json
     beside its final/ folder names the data, and `dlm distill data` wrote the teacher into that data's
-    manifest.json. None when any link is missing (then the report says the teacher is unknown)."""
+    manifest.json ("corpus" for its real-text shards, `--corpus-continuations`). None when any link is missing
+    (then the report says the teacher is unknown)."""
     teachers = []
     for pattern in _run_config(folder).get("data", {}).get("train", []):
         manifest = Path(pattern).parent / "manifest.json"
         if manifest.is_file():
-            teachers.append(json.loads(manifest.read_text()).get("teacher"))
+            made = json.loads(manifest.read_text())
+            teachers.append("corpus" if made.get("settings", {}).get("corpus_continuations") else made.get("teacher"))
     teachers = sorted({t for t in teachers if t})
     return ", ".join(teachers) or None
 
 
 def _distilled(folder: Path, quick: bool) -> dict:
-    """Claim 1 with a distilled block student (issue 16): the AR twin and the student's `block` method in one
-    `dlm bench` process, with the bench's claim-1 settings; plus the student's size, training and teacher."""
+    """Claim 1 with a distilled student (issue 16): the AR twin and the student in one `dlm bench` process, with the
+    bench's claim-1 settings (a block student: its `block` method; a causal one trained to draft, `draft_verify`:
+    its `draft` method, self-speculative); plus the student's size, training and teacher."""
     import dlm
 
-    bench = _bench(quick, ("--methods", "ar,block", "--block-model", str(folder)))
-    model = _describe(dlm.load(str(folder)), folder)
+    lm = dlm.load(str(folder))
+    method = ("--methods", "ar,draft", "--draft-model") if lm.is_causal else ("--methods", "ar,block", "--block-model")
+    bench = _bench(quick, (*method, str(folder)))
+    model = _describe(lm, folder)
     start = _run_config(folder).get("train", {}).get("init_from")
     if start:
         model["init_from"] = str(start)

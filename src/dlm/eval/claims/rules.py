@@ -90,17 +90,20 @@ def _distilled_speed(d: dict | None) -> tuple[str, float] | None:
         return None
     rows = [r for r in d["bench"]["rows"] if r["batch"] == 1]
     ar = next((r for r in rows if r["method"] == "ar"), None)
-    st = next((r for r in rows if r["method"] == "block"), None)
+    st = next((r for r in rows if r["method"] in ("block", "draft")), None)
     if ar is None or st is None:
         return None
     ratio = st["tok_s"] / ar["tok_s"]
-    teacher = d.get("teacher")
+    names = [t.strip() for t in (d.get("teacher") or "").split(",") if t.strip()]
+    real = "corpus" in names
+    teacher = ", ".join(n for n in names if n != "corpus")
     condition = ("it learned from the greedy outputs of the AR model it is compared with" if teacher == "builtin-ar"
                  else f"it learned from {teacher}'s outputs" if teacher else "its teacher is not recorded")
+    condition += ", mixed with real text" if real else ""
     mc = d["bench"].get("machine") or {}
     qd, qa = st.get("task_score"), ar.get("task_score")
     quality = f"; task score {qd:.0%} vs {qa:.0%}" if qd is not None and qa is not None else ""
-    text = (f"distilled student ({condition}; measured {mc.get('date', '?')}, {mc.get('cpu', '?')}): block "
+    text = (f"distilled student ({condition}; measured {mc.get('date', '?')}, {mc.get('cpu', '?')}): {st['method']} "
             f"{st['tok_s']:.0f} tok/s (TPF {st['tpf']:.2f}) vs AR twin {ar['tok_s']:.0f} tok/s in the same process: "
             f"{ratio:.2f}×{quality}")  # fmt: skip
     return text, ratio
