@@ -272,3 +272,26 @@ def test_the_ar_twin_serves_structured_output():
         assert re.fullmatch("[0-9]{4}", r.choices[0].text), r.choices[0].text
     finally:
         s.stop()
+
+
+def test_a_causal_model_that_drafts_serves_its_greedy_text_in_fewer_forwards():
+    """A causal model whose generation_config sets draft_block: the server decodes it self-speculatively (the AR
+    twin drafts badly but sometimes right), the text is its one-token-per-forward greedy text, alone or batched."""
+    import dataclasses
+
+    lm = dlm.load("builtin-ar")
+    prompts = ["import os\nimport os\nimport os\n", "def fibonacci(n):", "x = 1"]  # the first repeats: drafts hit
+    want = [o.text for o in lm.generate(prompts, gen_length=48)]
+    lm.generation_config = dataclasses.replace(lm.generation_config, draft_block=3)
+    s = Server(lm, model_name="drafts", max_batch=4, max_queue=16)
+    try:
+        c = _client(s)
+        kw = dict(model="drafts", max_tokens=48, temperature=0.0)
+        alone = [c.completions.create(prompt=p, **kw) for p in prompts]
+        assert [r.choices[0].text for r in alone] == want
+        assert alone[0].usage.model_extra["nfe"] < alone[0].usage.completion_tokens  # drafts were accepted
+        with ThreadPoolExecutor(len(prompts)) as ex:
+            together = list(ex.map(lambda p: c.completions.create(prompt=p, **kw).choices[0].text, prompts))
+        assert together == want
+    finally:
+        s.stop()
