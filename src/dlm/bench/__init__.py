@@ -52,7 +52,6 @@ import torch
 from ..errors import DLMError, InputError
 from ..sampling import GenerationConfig, generate
 from ..sampling.autoregressive import generate_autoregressive
-from ..sampling.speculative import generate_speculative
 from .quality import agreement, completion_quality, frontier, plot_frontier, repeated_ngrams  # noqa: F401
 from .system import machine, peak_memory
 
@@ -274,8 +273,7 @@ def run(a, log=lambda msg: None) -> dict:
             ref, refs = None, {}
             for m in methods:
                 cfg = method_config(m, G, a.block_length, a, draft_block if m == "draft" else block_size)
-                fn = {"draft": generate_speculative, "ar": generate_autoregressive, "draft-1": generate_autoregressive}
-                fn = fn.get(m, generate)
+                fn = generate_autoregressive if m in CAUSAL_METHODS else generate  # draft: its config's draft_block
                 model = (models.get(m) or lm).model
                 log(f"batch {B} gen_length {G}: {m}")
                 res = measure(fn, model, prompts, cfg, B, a.runs, device)
@@ -284,8 +282,7 @@ def run(a, log=lambda msg: None) -> dict:
                     refs[m] = gens
                 if m == "reference":
                     ref = res
-                same = refs.get("block-1") if m in BLOCK_METHODS else refs.get("reference")
-                same = refs.get("draft-1") if m == "draft" else same
+                same = refs.get({"block-1": "block-1", "block": "block-1", "draft": "draft-1"}.get(m, "reference"))
                 row = {
                     "batch": B,
                     "gen_length": G,
@@ -311,7 +308,6 @@ def run(a, log=lambda msg: None) -> dict:
             "ar_model",
             "block_model",
             "draft_model",
-            "draft_block",
             "batch_size",
             "gen_length",
             "block_length",

@@ -15,7 +15,6 @@ from ..errors import CheckpointError, ConfigError, InputError, check_choice
 from ..model.layout import column_major
 from ..sampling import GenerationConfig, generate
 from ..sampling.autoregressive import generate_autoregressive
-from ..sampling.speculative import generate_speculative, speculates
 from ..sampling.constraints import GrammarCompiler, StructuredOutput
 from .checkpoint import GENERATION_CONFIG_NAME, save_pretrained
 from .adapters import resolve_location
@@ -266,13 +265,9 @@ class DiffusionLM:
                     "a causal (autoregressive) model cannot condition on a suffix; "
                     "use infill(..., prefix_only=True) for prefix-only completion",
                 )
-            if speculates(cfg, templates, constraints, logits_processors):  # the same text, fewer forwards
-                out = generate_speculative(self.model, ids, cfg, streamer=streamer,
-                                           mask_token_id=self.tokenizer.mask_token_id)  # fmt: skip
-            else:
-                out = generate_autoregressive(self.model, ids, cfg, streamer=streamer, templates=templates,
-                                              mask_token_id=self.tokenizer.mask_token_id,
-                                              constraints=constraints, logits_processors=logits_processors)  # fmt: skip
+            out = generate_autoregressive(self.model, ids, cfg, streamer=streamer, templates=templates,
+                                          mask_token_id=self.tokenizer.mask_token_id,
+                                          constraints=constraints, logits_processors=logits_processors)  # fmt: skip
         else:
             if cfg.draft_block:
                 raise InputError("draft_block", "self-speculative decoding needs a causal model (draft_verify)")

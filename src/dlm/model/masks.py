@@ -146,9 +146,10 @@ def draft_verify_mask(
         positions = key_positions(None, length, device, segment_ids)
     blocks = positions // block_size
     bq, bk = blocks[:, :, None], blocks[:, None, :]
+    same_block = bq == bk
     slot = torch.arange(length, device=device)
-    causal = (slot[None, :] <= slot[:, None])[None].expand_as(bq == bk)
+    causal = (slot[None, :] <= slot[:, None])[None].expand_as(same_block)
     same = torch.ones_like(causal) if segment_ids is None else segment_ids[:, :, None] == segment_ids[:, None, :]
     never = torch.zeros_like(causal)
-    allowed = torch.cat([torch.cat([causal, never], -1), torch.cat([bk < bq, bq == bk], -1)], 1)
+    allowed = torch.cat([torch.cat([causal, never], -1), torch.cat([bk < bq, same_block], -1)], 1)
     return (allowed & same.repeat(1, 2, 2))[:, None]

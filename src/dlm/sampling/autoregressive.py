@@ -4,6 +4,8 @@ Same GenerationConfig, output type, per-row generators and streamer events as th
 `gen_length` is the number of new tokens and `steps` is ignored (one token per forward); `dtype="bfloat16"`
 runs the forwards under autocast. An answer template locks tokens as the diffusion sampler's do: a locked
 position takes the template's token instead of a prediction (forced decoding), so both see the same givens.
+With `draft_block` set and a request that greedy verification keeps (`speculative.speculates`) it hands over to
+`speculative.generate_speculative`: a model trained to draft (`draft_verify`) writes the same text in fewer forwards.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .constraints import Constraint, check_guides
 from .generate import GenerationOutput, _model_attr, _row_generators
 from .processors import config_processors, top_k_top_p_filter
 from .rows import template_locks
+from .speculative import generate_speculative, speculates
 from .streamer import CallbackStreamer, StepEvent, Streamer
 
 
@@ -39,6 +42,9 @@ def generate_autoregressive(
     constraints: Sequence[Constraint | None] | None = None,
 ) -> GenerationOutput:
     config = config or GenerationConfig()
+    if speculates(config, templates, constraints, logits_processors):  # a drafting model: the same text, fewer forwards
+        return generate_speculative(model, prompts, config, eos_token_id=eos_token_id, mask_token_id=mask_token_id,
+                                    streamer=streamer, max_length=max_length)  # fmt: skip
     eos_id = eos_token_id if eos_token_id is not None else _model_attr(model, "eos_token_id")
     max_length = max_length or _model_attr(model, "max_seq_len")
     if streamer is not None and not isinstance(streamer, Streamer):

@@ -120,7 +120,7 @@ def _decode(model, prompts, config, k, eos_id, mask_id, device, amp, streamer):
     B, G = len(prompts), config.gen_length
     longest = max(len(p) for p in prompts)
     cache = CanvasCache(longest + G + k + k * k, lazy=True)
-    lengths = torch.tensor([len(p) - 1 for p in prompts], device=device)  # verified keys in the cache, per row
+    lengths = [len(p) - 1 for p in prompts]  # verified keys in the cache, per row
     nfe = [0] * B
     if longest > 1:  # prefill every prompt but its last token (right-padded: padding lands past a row's length)
         pad = longest - 1
@@ -155,7 +155,7 @@ def _decode(model, prompts, config, k, eos_id, mask_id, device, amp, streamer):
             layouts[m] = rel_pos, layout[0, 0], heads[None]
         rel_pos, layout, heads = layouts[m]
         q = rel_pos.shape[1]
-        base = lengths[live]  # (R,)
+        base = torch.tensor([lengths[r] for r in live], device=device)  # (R,)
         keys = int(base.max()) + q
         rel = torch.arange(keys, device=device)[None] - base[:, None]  # (R, K): key slot relative to the round start
         inside = (rel >= 0) & (rel < q)

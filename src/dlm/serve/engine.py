@@ -27,7 +27,6 @@ import torch
 
 from ..sampling import GenerationConfig
 from ..sampling.autoregressive import generate_autoregressive
-from ..sampling.speculative import generate_speculative, speculates
 from ..sampling.constraints import Constraint
 from ..sampling.generate import Denoiser
 
@@ -238,14 +237,10 @@ class Engine:
             try:
                 tpls = [j.template or [] for j in group] if any(j.template for j in group) else None
                 mask_id = getattr(self.lm.tokenizer, "mask_token_id", None)
-                cons = [j.constraint for j in group]
-                if speculates(cfg, tpls, cons, group[0].processors):  # a drafting model: the same text, fewer forwards
-                    out = generate_speculative(self.lm.model, [j.ids for j in group], cfg, streamer=on_step,
-                                               mask_token_id=mask_id)  # fmt: skip
-                else:
-                    out = generate_autoregressive(self.lm.model, [j.ids for j in group], cfg, streamer=on_step,
-                                                  templates=tpls, mask_token_id=mask_id,
-                                                  logits_processors=group[0].processors, constraints=cons)  # fmt: skip
+                out = generate_autoregressive(self.lm.model, [j.ids for j in group], cfg, streamer=on_step,
+                                              templates=tpls, mask_token_id=mask_id,
+                                              logits_processors=group[0].processors,
+                                              constraints=[j.constraint for j in group])  # fmt: skip
             except _Abandoned:
                 continue
             finally:
