@@ -336,11 +336,12 @@ def test_an_interrupted_full_run_keeps_its_finished_parts(tmp_path):
     with pytest.raises(KeyboardInterrupt):  # the session ends during the second part
         first.get("quality", "quality", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
     saved = json.loads(path.read_text())
-    saved["parts"]["bench"]["seconds"] = 12.5  # a recorded time known in advance (the clock's is not)
+    recorded = 12.5  # bookkeeping, not timing: a value written into the saved record, known in advance
+    saved["parts"]["bench"]["seconds"] = recorded
     path.write_text(json.dumps(saved))
     logged = []
     again = _Parts(path, key, logged.append)
-    assert again.seconds == 12.5  # the kept part's recorded time counts in the total
+    assert again.seconds == recorded  # the kept part's recorded value is carried into the total
     assert again.get("bench", "speed", part(2)) == {"v": 1} and calls == [1]
     assert "kept from the interrupted run" in logged[0]
     assert again.get("quality", "quality", part(3)) == {"v": 3} and calls == [1, 3]
