@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 from dlm import load
 from dlm.builtin import BUILTIN_MODELS, DEFAULT_MODEL, builtin_path, resolve_model_path
+from dlm.hub.checkpoint import load_model_config
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "DLM_SHOW_STEPS_DELAY": "0"}
 PROMPTS = ["def fibonacci(n):", "import os\n\n\ndef read_lines(path):", "class Stack:\n    def push(self, item):"]
@@ -101,6 +102,35 @@ def test_block_model_is_the_ar_twin_converted():
     assert (gen["cache"], gen["block_length"]) == ("block", 4)
     total = sum(f.stat().st_size for f in builtin_path("builtin").parent.rglob("*.safetensors"))
     assert total <= 80_000_000, f"{total} bytes of shipped weights in all"
+
+
+def test_draft_model_is_the_ar_twin_plus_a_small_drafting_adapter():
+    """builtin-draft (issue 16): a bf16 LoRA adapter over builtin-ar (the same network, causal), trained with the
+    draft_verify objective; its generation_config turns on self-speculative decoding, which gives the text of its
+    one-token-per-forward decoding, alone and batched, in fewer forwards (1.7 tokens per forward on held-out
+    signatures at shipping; the bare AR twin drafting with its untrained mask slots gets 1.06)."""
+    folder, ar = builtin_path("builtin-draft"), builtin_path("builtin-ar")
+    assert not (folder / "model.safetensors").exists()
+    weights = folder / "adapter_model.safetensors"
+    assert weights.stat().st_size <= 2_000_000
+    with safe_open(str(weights), "pt") as fh:
+        assert {fh.get_slice(k).get_dtype() for k in fh.keys()} == {"BF16"}
+        assert all("lora_" in k for k in fh.keys())
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "builtin-ar"
+    assert load_model_config(folder)[0] == load_model_config(ar)[0], "the drafting model is the AR twin's network"
+    assert json.loads((folder / "generation_config.json").read_text())["draft_block"] == 2
+    summary = json.loads((folder / "training_summary.json").read_text())
+    assert summary["objective"] == "draft_verify" and summary["run_config"]["train"]["init_from"] == "builtin-ar"
+    lm = load("builtin-draft")
+    assert lm.generation_config.draft_block == 2 and lm.model.config.attention == "causal"
+    drafted = lm.generate(PROMPTS, gen_length=48)
+    alone = [lm.generate([p], gen_length=48)[0] for p in PROMPTS]
+    one = lm.generate(PROMPTS, gen_length=48, draft_block=0)
+    assert [c.tokens for c in drafted] == [c.tokens for c in alone] == [c.tokens for c in one]
+    assert [c.nfe for c in drafted] == [c.nfe for c in alone]
+    tokens, forwards = sum(len(c.tokens) for c in drafted), sum(c.nfe for c in drafted)
+    assert tokens / forwards > 1.4, (tokens, forwards)
+    assert all(c.nfe == len(c.tokens) for c in one)
 
 
 def test_block_model_cache_is_exact_on_the_shipped_weights():

@@ -167,14 +167,14 @@ def _cached_eval(folder: Path, lm, task, exs, cache: Path, settings: dict) -> di
 
 def twin_folders(root: Path, name: str) -> dict[str, Path] | None:
     """The diffusion model and its AR twin for task `name`: root/<name>-<objective>/final when both were trained
-    there, else the built-in pair when one ships, else None."""
-    from ...builtin import BUILTIN_MODELS, builtin_path
+    there, else the built-in pair when both ship (a retired twin counts once its weights are restored), else None."""
+    from ...builtin import BUILTIN_MODELS, builtin_path, is_retired
 
     runs = {obj: root / f"{name}-{obj}" / "final" for obj in ("diffusion", "ar")}
     if all((p / "config.json").is_file() for p in runs.values()):
         return runs
     pair = BUILTIN_TWINS.get(name)
-    if pair and all(b in BUILTIN_MODELS for b in pair.values()):
+    if pair and all(b in BUILTIN_MODELS and not is_retired(b) for b in pair.values()):
         return {obj: builtin_path(b) for obj, b in pair.items()}
     return None
 
@@ -246,13 +246,15 @@ def run_record(folder: Path) -> dict | None:
 def _tasks(root: Path, n: int, log) -> dict:
     import dlm
 
+    from ...builtin import is_retired
     from ...tasks import answer_length, get_task
 
     out = {}
     for name in TASKS:
         runs = twin_folders(root, name)
         if runs is None:
-            out[name] = {"missing": [str(root / f"{name}-{obj}" / "final") for obj in ("diffusion", "ar")]}
+            out[name] = {"missing": [str(root / f"{name}-{obj}" / "final") for obj in ("diffusion", "ar")],
+                         "retired": [b for b in BUILTIN_TWINS.get(name, {}).values() if is_retired(b)]}  # fmt: skip
             continue
         task = get_task(name)
         exs = task.examples("test", min(n, TASK_N.get(name, n)))

@@ -215,14 +215,16 @@ def verdicts(m: dict) -> list[dict]:
     for name in ("sudoku", "countdown", "arithmetic"):
         t = m["tasks"].get(name, {})
         if "diffusion" not in t:
-            parts.append(f"{name}: not trained")
+            retired = t.get("retired")
+            parts.append(f"{name}: not measured ({', '.join(retired)} retired; docs/models.md says how to restore it)"
+                         if retired else f"{name}: not trained")  # fmt: skip
             continue
         d, a = preregistered(t["diffusion"]), t["ar"][0]
         c = compare(d, a)
         wins += c["p"] < 0.05 and c["rate"][0] > c["rate"][1]
         losses += c["p"] < 0.05 and c["rate"][0] < c["rate"][1]
         parts.append(f"{name} " + _fmt(c))
-    measured_any = any("not trained" not in s for s in parts)
+    measured_any = any("not trained" not in s and "not measured" not in s for s in parts)
     v = "not measured" if not measured_any else (
         "confirmed" if wins and not losses else "refuted" if losses and not wins else "inconclusive")  # fmt: skip
     add(6, "; ".join(parts), v, "pre-registered diffusion setting (one token per forward) vs the AR twin, test split")
