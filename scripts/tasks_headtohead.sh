@@ -2,8 +2,9 @@
 # Issue 6 head-to-head: for each task, make its data, train the diffusion model and its AR twin (same network,
 # data, token budget and trainer; configs in examples/configs/tasks/), and evaluate both on the test split.
 #   bash scripts/tasks_headtohead.sh [TASK ...]      # default: countdown arithmetic facts
-# Sudoku is not in the default: its pair ships (builtin-sudoku, builtin-sudoku-ar; the claims report reads them when
-# runs/tasks has no Sudoku run); `bash scripts/tasks_headtohead.sh sudoku` retrains it (two ~2.4 h runs here).
+# Sudoku is not in the default: its pair shipped (builtin-sudoku, and builtin-sudoku-ar until its weights were retired
+# on 2026-12-03; the claims report reads the built-ins when runs/tasks has no Sudoku run and both ship, see
+# docs/models.md to restore the AR twin); `bash scripts/tasks_headtohead.sh sudoku` retrains it (two ~2.4 h runs).
 # Outputs: runs/tasks/<task>-{diffusion,ar}/ (checkpoints, final model), runs/tasks/eval/<task>-*.json.
 # Each training run resumes where it stopped (--resume), so the script can be interrupted and rerun.
 set -euo pipefail

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from dlm import load
-from dlm.builtin import BUILTIN_MODELS, DEFAULT_MODEL, builtin_path, resolve_model_path
+from dlm.builtin import BUILTIN_MODELS, DEFAULT_DIFFUSION_MODEL, DEFAULT_MODEL, builtin_path, resolve_model_path
 from dlm.hub.checkpoint import load_model_config
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "DLM_SHOW_STEPS_DELAY": "0"}
@@ -45,7 +45,7 @@ def lm(request):
 
 
 def test_names_resolve_to_package_folders():
-    assert DEFAULT_MODEL == "builtin"
+    assert DEFAULT_MODEL == "builtin-draft" and DEFAULT_DIFFUSION_MODEL == "builtin"
     assert resolve_model_path("builtin") == resolve_model_path("builtin-diffusion") == builtin_path("builtin")
     assert resolve_model_path("builtin-ar").name == "python-ar"
     for name in BUILTIN_MODELS:
@@ -182,19 +182,22 @@ def test_diffusion_model_writes_python():
 
 
 def test_cli_uses_builtin_by_default_offline():
+    """Writing defaults to builtin-draft (drafting: fewer forwards than tokens), infilling to the diffusion model
+    (it sees the suffix)."""
     p = dlm("generate", "def fibonacci(n):", "--gen-length", "32", "--seed", "0", "--json")
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    assert out["tokens"] > 0 and out["text"]
-    expect = load("builtin").generate("def fibonacci(n):", gen_length=32, seed=0)[0].text
+    assert out["tokens"] > 0 and out["text"] and out["nfe"] < out["tokens"]
+    expect = load("builtin-draft").generate("def fibonacci(n):", gen_length=32, seed=0)[0].text
     assert out["text"] == expect
 
     p = dlm("infill", "--prefix", "def add(a, b):\n    return ", "--suffix", "\n", "--length", "4", "--json")
     fill = json.loads(p.stdout.strip().splitlines()[-1])
     assert fill["text"].strip(), fill
+    assert fill["text"] == load("builtin").infill("def add(a, b):\n    return ", "\n", length=4).text
 
     p = dlm("generate", "def fibonacci(n):", "--model", "builtin-ar", "--gen-length", "16", "--json")
     assert json.loads(p.stdout.strip().splitlines()[-1])["tokens"] > 0
 
     p = dlm("info", "--json")
     info = json.loads(p.stdout)
-    assert info["config"]["attention"] == "bidirectional" and info["parameters"] <= 10_500_000
+    assert info["config"]["attention"] == "causal" and info["parameters"] <= 10_500_000

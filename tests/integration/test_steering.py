@@ -72,8 +72,8 @@ def test_bad_steering_is_refused(lm):
 
 
 def test_cli_steer():
-    r = CliRunner().invoke(app, ["generate", "def total(items):\n", "--steer", NEW, "--steer-at", "8",
-                                 "--gen-length", "16", "--steps", "16"])  # fmt: skip
+    r = CliRunner().invoke(app, ["generate", "def total(items):\n", "--model", "builtin", "--steer", NEW,
+                                 "--steer-at", "8", "--gen-length", "16", "--steps", "16"])  # fmt: skip
     assert r.exit_code == 0 and r.output.startswith("def total(items):"), r.output
     r = CliRunner().invoke(app, ["generate", "x", "--steer", "y"])
     assert r.exit_code != 0 and "--steer-at" in r.output

@@ -359,7 +359,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--block-model", default="builtin-block", help="block-diffusion model (default builtin-block); 'none' to skip"
     )
-    p.add_argument("--draft-model", default="none", help="causal model trained to draft (draft_verify); 'none' to skip")
+    p.add_argument(
+        "--draft-model",
+        default="builtin-draft",
+        help="causal model trained to draft (draft_verify; default builtin-draft); 'none' to skip",
+    )
     p.add_argument(
         "--draft-block", type=int, default=0, help="draft's block (0: the draft model's draft_block, else 3)"
     )

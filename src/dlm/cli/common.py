@@ -50,13 +50,14 @@ app.add_typer(export_app, name="export")
 MODEL_HELP = (
     "A checkpoint folder (dlm, LLaDA, Dream, LLaMA/Qwen2/Mistral safetensors), a .gguf file, a LoRA adapter folder "
     "(merged into the base it names), pkg:PACKAGE/PATH inside an installed package, or a built-in model: "
-    "builtin (diffusion, default), builtin-ar (its AR twin), builtin-block (block diffusion) or smollm2-diffusion "
-    "(SmolLM2-135M as block diffusion, an adapter)."
+    "builtin-draft (the AR twin drafting for itself, several tokens per forward; the default writer), builtin "
+    "(diffusion; the default where a diffusion model is needed: infill, rl), builtin-ar (the AR twin), "
+    "builtin-block (block diffusion) or smollm2-diffusion (SmolLM2-135M as block diffusion, an adapter)."
 )
 
 
-def model_option():
-    return typer.Option(DEFAULT_MODEL, "--model", help=MODEL_HELP)
+def model_option(default: str = DEFAULT_MODEL):
+    return typer.Option(default, "--model", help=MODEL_HELP)
 
 
 def dtype_option():

@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 
+from ..builtin import DEFAULT_DIFFUSION_MODEL
 from ..errors import InputError
 from ..sampling import Streamer
 from .common import (
@@ -245,7 +246,7 @@ def infill(
         None, "--length", help="Number of tokens to fill between prefix and suffix (default: the model chooses)."
     ),
     max_length: int = typer.Option(24, "--max-length", help="Without --length: the longest fill tried."),
-    model: str = model_option(),
+    model: str = model_option(DEFAULT_DIFFUSION_MODEL),
     sampling: dict = ...,
     as_json: bool = json_option(),
     dtype: Optional[str] = dtype_option(),

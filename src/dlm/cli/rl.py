@@ -7,6 +7,7 @@ from typing import List
 
 import typer
 
+from ..builtin import DEFAULT_DIFFUSION_MODEL
 from .common import app, device_option, echo_json, load_model, model_option
 from .tasks import TASK_HELP, make_task, task_option
 
@@ -14,7 +15,7 @@ from .tasks import TASK_HELP, make_task, task_option
 @app.command("rl")
 def rl(
     task: str = typer.Argument(..., help=TASK_HELP),
-    model: str = model_option(),
+    model: str = model_option(DEFAULT_DIFFUSION_MODEL),
     out: Path = typer.Option(..., "--out", help="Folder for the trained model and grpo_history.json."),
     option: List[str] = task_option(),
     steps: int = typer.Option(50, "--steps", help="Outer steps (one batch of rollouts each)."),
