@@ -150,6 +150,12 @@ def test_a_students_teacher_is_read_from_its_run_and_data(tmp_path):
     real = {"teacher": "builtin-ar", "settings": {"corpus_continuations": True}}  # real text, the teacher's tokenizer
     (tmp_path / "r" / "manifest.json").write_text(json.dumps(real))
     assert distilled_teacher(run / "final") == "builtin-ar, corpus"
+    # a shipped model folder (scripts/ship_builtin.py) keeps its run's config in training_summary.json
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    assert distilled_teacher(shipped) is None
+    (shipped / "training_summary.json").write_text(json.dumps({"run_config": {"data": {"train": [str(data / "p*")]}}}))
+    assert distilled_teacher(shipped) == "builtin-ar"
 
 
 def test_claim_5_compares_both_twins_under_the_same_constraint_engine():

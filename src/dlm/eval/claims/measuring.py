@@ -27,9 +27,13 @@ def _bench(quick: bool, extra: tuple[str, ...] = ()) -> dict:
 
 
 def _run_config(folder: Path) -> dict:
-    """The settings of the `dlm train` run that made the model in `folder` (RUN/final): RUN/run_config.json."""
+    """The settings of the `dlm train` run that made the model in `folder`: RUN/run_config.json beside RUN/final, or
+    for a shipped model (`scripts/ship_builtin.py`) the run_config its training_summary.json keeps."""
     cfg = Path(folder).parent / "run_config.json"
-    return json.loads(cfg.read_text()) if cfg.is_file() else {}
+    if cfg.is_file():
+        return json.loads(cfg.read_text())
+    summary = Path(folder) / "training_summary.json"
+    return json.loads(summary.read_text()).get("run_config", {}) if summary.is_file() else {}
 
 
 def distilled_teacher(folder: Path) -> str | None:
