@@ -26,7 +26,8 @@ def _task_table(m: dict) -> list[str]:
     for name in TASKS:
         t = m["tasks"].get(name, {})
         if "diffusion" not in t:
-            lines.append(f"| {name} | — | — | not trained | | | | |")
+            state = f"not measured: {', '.join(t['retired'])} retired" if t.get("retired") else "not trained"
+            lines.append(f"| {name} | — | — | {state} | | | | |")
             continue
         pre, near = preregistered(t["diffusion"]), matched_nfe(t["diffusion"], t["ar"][0])
         for obj in ("diffusion", "ar"):
